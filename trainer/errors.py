@@ -1,0 +1,11 @@
+"""The one exception type that carries a message meant for the user.
+
+Code that checks user input (flags, configs, data folders, files) raises
+`UserError` with a single line naming the offending value and the fix. Entry
+points catch it, print the line and exit non-zero, so the user never sees a
+traceback for a mistake of theirs.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input, described in one actionable line."""
