@@ -9,3 +9,22 @@ traceback for a mistake of theirs.
 
 class UserError(Exception):
     """A problem with the user's input, described in one actionable line."""
+
+
+def exit_on_user_error(main):
+    """Wraps an absl `main` so that a UserError prints one line and exits with status 2."""
+    import functools
+    import sys
+
+    from absl import logging
+
+    @functools.wraps(main)
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except UserError as error:
+            logging.error("%s", error)
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapped

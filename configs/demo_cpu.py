@@ -1,0 +1,31 @@
+"""A few minutes on 2 CPU cores: a small U-Net on the synthetic nail data set.
+
+    python -m trainer.synthetic --output_dir=data/synthetic
+    python -m trainer.train --config=configs/demo_cpu.py --data_root=data/synthetic \
+        --workdir=runs/demo
+
+Same recipe as configs/nail_unet_effb4.py (Dice + Focal, RectifiedAdam, the
+seed's augmentations), shrunk: ResNet-18 encoder from scratch, a narrower
+decoder, 128 px, float32 (CPUs gain nothing from float16).
+"""
+
+from configs import nail_unet_effb4
+
+
+def get_config():
+    """Returns the CPU demo configuration."""
+    config = nail_unet_effb4.get_config()
+    config.data.image_size = 128
+    config.data.batch_size = 16
+    config.model.backbone = "resnet18"
+    config.model.encoder_weights = "none"  # no download: trains from scratch.
+    config.model.decoder_filters = (128, 64, 32, 16, 16)
+    config.train.steps = 600
+    config.train.epochs = 0
+    config.train.lr_schedule = "cosine"
+    config.train.warmup_steps = 50
+    config.train.precision = "float32"
+    config.train.eval_every = 100
+    config.train.log_every = 25
+    config.train.steps_per_execution = 5
+    return config

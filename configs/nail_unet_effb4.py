@@ -1,0 +1,62 @@
+"""The seed tutorial's setup: U-Net + EfficientNet-B4 on nail photos at 384 px.
+
+Dice + binary Focal loss, RectifiedAdam at 1e-3, global batch 32, 100 epochs,
+mixed float16 with ImageNet encoder weights, IoU/F-score at threshold 0.5.
+
+    python -m trainer.train --config=configs/nail_unet_effb4.py \
+        --data_root=/data/nails --workdir=/work/runs/effb4 --strategy=mirrored
+
+Any field can be overridden on the command line, e.g.
+`--config.train.epochs=10 --config.data.batch_size=64`.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns the seed's configuration."""
+    config = ml_collections.ConfigDict()
+
+    config.data = ml_collections.ConfigDict()
+    config.data.image_size = 384  # px; square side the model sees.
+    config.data.batch_size = 32  # global batch (all replicas together).
+    config.data.balanced = False  # True: sample the groups (sub-folders) evenly.
+    config.data.augment = True  # the seed's albumentations transforms when training.
+    config.data.valid_fraction = 0.2  # held out per group when there is no valid/ folder.
+    config.data.num_parallel_calls = 0  # decode/augment threads per pipeline; 0 = derived.
+    config.data.prefetch_batches = 0  # batches buffered per pipeline; 0 = derived.
+
+    config.model = ml_collections.ConfigDict()
+    config.model.arch = "unet"  # unet | fpn | linknet | pspnet
+    config.model.backbone = "efficientnetb4"  # any segmentation_models backbone.
+    config.model.encoder_weights = "imagenet"  # imagenet | none | path to a local .h5 file.
+    config.model.encoder_freeze = False  # True: train the decoder only.
+    # Unet decoder widths, deepest first (segmentation_models' default).
+    config.model.decoder_filters = (256, 128, 64, 32, 16)
+    # Synchronised batch norm across replicas; None = on when there is more than one replica.
+    config.model.sync_batchnorm = config_dict.placeholder(bool)
+
+    config.train = ml_collections.ConfigDict()
+    config.train.epochs = 100  # used when steps == 0.
+    config.train.steps = 0  # optimizer steps; overrides epochs when > 0.
+    config.train.optimizer = "radam"  # radam | adam | adamw | sgd
+    config.train.learning_rate = 1e-3  # peak learning rate.
+    config.train.lr_schedule = "constant"  # constant | cosine (after warmup).
+    config.train.warmup_steps = 0  # linear warmup from 0 to learning_rate.
+    config.train.weight_decay = 0.0
+    config.train.momentum = 0.9  # sgd only.
+    config.train.precision = "mixed_float16"  # float32 | mixed_float16 | mixed_bfloat16
+    config.train.jit_compile = False  # XLA-compile the train step.
+    config.train.steps_per_execution = 1  # train steps per tf.function call.
+    config.train.eval_every = 0  # steps between evaluations; 0 = once per epoch.
+    config.train.checkpoint_every = 0  # steps between checkpoints; 0 = at each evaluation.
+    config.train.log_every = 50  # steps between train records in metrics.jsonl.
+    config.train.keep_checkpoints = 3  # most recent checkpoints kept on disk.
+    config.train.seed = 0  # model init, data order and augmentation.
+
+    config.log = ml_collections.ConfigDict()
+    config.log.wandb = False  # log to Weights & Biases (offline unless logged in).
+    config.log.wandb_project = "nail-segmentation"
+    config.log.num_samples = 8  # validation images drawn in samples/step_N.png.
+    return config

@@ -1,0 +1,190 @@
+"""tf.data input pipeline: manifest rows -> batches of (image, mask) per replica.
+
+Order of operations (training):
+  1. shard the file list by input pipeline (one pipeline per worker/host),
+  2. an endless stream of file names, reshuffled each epoch from (seed, epoch);
+     with `data.balanced` one such stream per group, sampled evenly,
+  3. skip the examples a resumed run has already seen (file names only: cheap),
+  4. decode and resize with TF ops in parallel,
+  5. augment with albumentations (seeded by the example's stream position),
+  6. batch at the per-replica size with `drop_remainder`, prefetch.
+Validation decodes and resizes only, in file order, keeping the last partial batch.
+
+Only file names are ever shuffled: a buffer of decoded photos (the seed's
+100,000-image shuffle buffer) grows with the data set.
+"""
+
+import os
+
+import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+
+import ml_collections
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from absl import logging
+
+from trainer.data import augment
+
+_BINARY_THRESHOLD = 127  # masks saved as 0/255 images; JPEG noise lands on either side.
+
+
+def decode_image(path: tf.Tensor) -> tf.Tensor:
+    """Reads an image file as uint8 `[height, width, 3]` (grayscale/RGBA converted)."""
+    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+
+
+def decode_mask(path: tf.Tensor) -> tf.Tensor:
+    """Reads a mask file as uint8 `[height, width, 1]` in {0, 1}.
+
+    0/255 masks (and 3-channel or JPEG ones) are binarised at 127; label-index
+    masks whose values are only 0 and 1 are kept as they are.
+    """
+    mask = tf.io.decode_image(tf.io.read_file(path), channels=1, expand_animations=False)
+    is_label_index = tf.reduce_max(mask) <= 1
+    return tf.where(is_label_index, mask, tf.cast(mask > _BINARY_THRESHOLD, tf.uint8))
+
+
+def resize_pair(image: tf.Tensor, mask: tf.Tensor, size_px: int):
+    """Resizes an image (antialiased bilinear) and its mask (bilinear, re-binarised).
+
+    Returns:
+        uint8 image `[size_px, size_px, 3]`, uint8 mask `[size_px, size_px, 1]` in {0, 1}.
+    """
+    image = tf.image.resize(image, [size_px, size_px], antialias=True)
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    mask = tf.image.resize(tf.cast(mask, tf.float32), [size_px, size_px])
+    mask = tf.cast(mask >= 0.5, tf.uint8)
+    return image, mask
+
+
+def to_model_inputs(image: tf.Tensor, mask: tf.Tensor):
+    """uint8 image and mask -> float32 image in 0..1 and float32 mask in {0, 1}."""
+    return tf.cast(image, tf.float32) / 255.0, tf.cast(mask, tf.float32)
+
+
+def pipeline_parallelism(data_config: ml_collections.ConfigDict, local_replicas: int):
+    """Threads and prefetch depth for one input pipeline.
+
+    One pipeline feeds all replicas of its host, so it may use every core of the
+    host; it must keep one batch per local replica ready for each step.
+
+    Returns:
+        `(num_parallel_calls, prefetch_batches)`.
+    """
+    num_parallel_calls = data_config.num_parallel_calls or max(1, os.cpu_count() or 1)
+    prefetch_batches = data_config.prefetch_batches or max(2, 2 * local_replicas)
+    return num_parallel_calls, prefetch_batches
+
+
+def _epoch_stream(num_files: int, seed: int, salt: int) -> tf.data.Dataset:
+    """Endless file indices, a fresh permutation per epoch from (seed, salt, epoch)."""
+
+    def one_epoch(epoch):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(num_files, dtype=tf.int64), seed=tf.stack([seed * 1000 + salt, epoch])
+        )
+        return tf.data.Dataset.from_tensor_slices(order)
+
+    return tf.data.Dataset.range(np.iinfo(np.int64).max).flat_map(one_epoch)
+
+
+def _index_stream(frame: pd.DataFrame, *, balanced: bool, seed: int) -> tf.data.Dataset:
+    """Endless stream of row indices into `frame` (groups sampled evenly if balanced)."""
+    if not balanced:
+        return _epoch_stream(len(frame), seed, salt=0)
+    streams = []
+    for salt, (_, rows) in enumerate(sorted(frame.groupby("group").indices.items())):
+        rows = tf.constant(np.asarray(rows, np.int64))
+        streams.append(_epoch_stream(len(rows), seed, salt + 1).map(lambda i, r=rows: r[i]))
+    return tf.data.Dataset.sample_from_datasets(streams, seed=seed)
+
+
+def make_dataset(
+    frame: pd.DataFrame,
+    data_config: ml_collections.ConfigDict,
+    input_context: tf.distribute.InputContext | None = None,
+    *,
+    training: bool,
+    seed: int = 0,
+    skip_examples: int = 0,
+) -> tf.data.Dataset:
+    """Builds the input pipeline for one input pipeline (worker) of a strategy.
+
+    Args:
+        frame: manifest rows with absolute `images` and `masks` paths and a `group`.
+        data_config: the config's `data` group (image_size, batch_size, balanced,
+            augment, num_parallel_calls, prefetch_batches).
+        input_context: from `strategy.distribute_datasets_from_function`; None
+            means a single pipeline feeding a single replica.
+        training: endless, shuffled, augmented, `drop_remainder` batches if True;
+            one pass in file order otherwise.
+        seed: data order and augmentation seed (the run's `train.seed`).
+        skip_examples: examples of this pipeline's stream already consumed (resume).
+
+    Returns:
+        Batches of `(image, mask)`: image float32 `[b, s, s, 3]` in 0..1, mask
+        float32 `[b, s, s, 1]` in {0, 1}, b the per-replica batch size.
+    """
+    input_context = input_context or tf.distribute.InputContext()
+    per_replica_batch_size = input_context.get_per_replica_batch_size(data_config.batch_size)
+    local_replicas = max(
+        1, input_context.num_replicas_in_sync // input_context.num_input_pipelines
+    )
+    num_parallel_calls, prefetch_batches = pipeline_parallelism(data_config, local_replicas)
+    size_px = data_config.image_size
+
+    frame = frame.iloc[input_context.input_pipeline_id :: input_context.num_input_pipelines]
+    frame = frame.reset_index(drop=True)
+    images = tf.constant(frame["images"].astype(str).to_numpy())
+    masks = tf.constant(frame["masks"].astype(str).to_numpy())
+
+    def load(index, example_seed):
+        image, mask = decode_image(images[index]), decode_mask(masks[index])
+        image, mask = resize_pair(image, mask, size_px)
+        return image, mask, example_seed
+
+    if training:
+        pipeline_salt = input_context.input_pipeline_id * 1_000_003
+        ds = _index_stream(frame, balanced=data_config.balanced, seed=seed)
+        ds = ds.enumerate().map(lambda position, index: (index, position + pipeline_salt))
+        ds = ds.skip(skip_examples)
+        ds = ds.map(load, num_parallel_calls=num_parallel_calls)
+        if data_config.augment:
+            ds = ds.map(_augment_fn(size_px), num_parallel_calls=num_parallel_calls)
+        else:
+            ds = ds.map(lambda image, mask, _: (image, mask))
+    else:
+        ds = tf.data.Dataset.range(len(frame)).map(lambda index: (index, index))
+        ds = ds.map(load, num_parallel_calls=num_parallel_calls)
+        ds = ds.map(lambda image, mask, _: (image, mask))
+    ds = ds.map(to_model_inputs, num_parallel_calls=num_parallel_calls)
+    ds = ds.batch(per_replica_batch_size, drop_remainder=training)
+    return ds.prefetch(prefetch_batches)
+
+
+def _augment_fn(size_px: int):
+    """Wraps the albumentations transforms as a tf.data map function."""
+    augmenter = augment.SeededAugmenter()
+
+    def augment_example(image, mask, example_seed):
+        image, mask = tf.numpy_function(
+            augmenter, [image, mask, example_seed], [tf.uint8, tf.uint8], stateful=False
+        )
+        image.set_shape([size_px, size_px, 3])
+        mask.set_shape([size_px, size_px, 1])
+        return image, mask
+
+    return augment_example
+
+
+def log_parallelism(data_config: ml_collections.ConfigDict, local_replicas: int) -> None:
+    """Logs the pipeline parallelism chosen for this host."""
+    num_parallel_calls, prefetch_batches = pipeline_parallelism(data_config, local_replicas)
+    logging.info(
+        "Input pipeline: %d parallel calls, %d batches prefetched (%d CPUs, %d local replicas)",
+        num_parallel_calls,
+        prefetch_batches,
+        os.cpu_count() or 1,
+        local_replicas,
+    )

@@ -1,0 +1,121 @@
+"""Makes the tf.distribute strategy named by `--strategy`.
+
+  one_device             one GPU if there is one, else the CPU (debugging)
+  mirrored               every local GPU (or the logical CPUs of --num_cpu_devices)
+  multi_worker_mirrored  several machines; the cluster comes from TF_CONFIG
+  tpu                    a Cloud TPU (--tpu=NAME, or 'local' on a TPU VM)
+"""
+
+import json
+import os
+
+import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+
+import tensorflow as tf
+from absl import logging
+
+from trainer.errors import UserError
+
+STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "tpu")
+
+
+def configure_cpu_devices(num_cpu_devices: int) -> None:
+    """Splits the host CPU into N logical devices; call before TensorFlow runs any op.
+
+    This lets MirroredStrategy run (and be tested) on a machine without GPUs.
+    """
+    if num_cpu_devices <= 1:
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * num_cpu_devices
+    )
+
+
+def _compute_devices() -> list[str]:
+    """Names of local devices to replicate over: GPUs if any, else logical CPUs."""
+    gpus = tf.config.list_logical_devices("GPU")
+    return [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+
+
+def _check_tf_config() -> None:
+    """Raises UserError unless TF_CONFIG describes a cluster this process belongs to."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        raise UserError(
+            "--strategy=multi_worker_mirrored needs the TF_CONFIG environment variable "
+            '(e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, '
+            '"task": {"type": "worker", "index": 0}}); launch/ generates it'
+        )
+    try:
+        tf_config = json.loads(raw)
+        workers = tf_config["cluster"]["worker"]
+        task = tf_config["task"]
+        index = int(task["index"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(
+            f"TF_CONFIG is malformed ({type(error).__name__}: {error}); it needs "
+            "cluster.worker (a list of host:port) and task.type/task.index"
+        ) from None
+    if task.get("type") not in ("worker", "chief") or not 0 <= index < len(workers) + 1:
+        raise UserError(f"TF_CONFIG task {task} is not a worker of the cluster {workers}")
+
+
+def make_strategy(name: str, *, tpu: str | None = None) -> tf.distribute.Strategy:
+    """Creates the strategy; raises UserError for an unusable name or setup.
+
+    Args:
+        name: one of STRATEGIES.
+        tpu: TPU name or address for `tpu` ('local' on a TPU VM).
+    """
+    if name not in STRATEGIES:
+        raise UserError(f"--strategy={name!r} is unknown; choose one of {', '.join(STRATEGIES)}")
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(_compute_devices()[0])
+    if name == "mirrored":
+        devices = _compute_devices()
+        if len(devices) < 2:
+            raise UserError(
+                f"--strategy=mirrored found one device ({devices[0]}); use "
+                "--strategy=one_device, or --num_cpu_devices=N to split the CPU for a test"
+            )
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multi_worker_mirrored":
+        _check_tf_config()
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return _make_tpu_strategy(tpu)
+
+
+def _make_tpu_strategy(tpu: str | None) -> tf.distribute.Strategy:
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "local")
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+        raise UserError(
+            f"--strategy=tpu could not reach the TPU {tpu or 'local'!r} "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); pass --tpu=NAME "
+            "or run on a TPU VM"
+        ) from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True on the one process that writes logs, summaries and exports."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return not has_chief and resolver.task_type == "worker" and resolver.task_id == 0
+
+
+def describe(strategy: tf.distribute.Strategy) -> None:
+    """Logs the strategy and its replicas."""
+    logging.info(
+        "Strategy %s with %d replica(s) in sync; local devices: %s",
+        type(strategy).__name__,
+        strategy.num_replicas_in_sync,
+        ", ".join(d.name for d in tf.config.list_logical_devices() if d.device_type != "TPU_SYSTEM"),
+    )

@@ -1,0 +1,137 @@
+"""The train step, the multi-step train function and the evaluation pass.
+
+Per replica, a step is: forward, per-example Dice+Focal loss, average over the
+GLOBAL batch (so that the all-reduced gradient is the gradient of the global
+mean, whatever the replica count), loss scaling under float16, gradients,
+apply (the optimizer all-reduces; a loss-scale optimizer skips non-finite
+steps), and exact confusion sums for the metrics.
+"""
+
+import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+
+import tensorflow as tf
+
+from trainer import losses, metrics
+
+_SUM = tf.distribute.ReduceOp.SUM
+
+
+def create_step_counter() -> tf.Variable:
+    """The global step: counts every step run, skipped ones included."""
+    return tf.Variable(
+        0,
+        dtype=tf.int64,
+        trainable=False,
+        name="step",
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+    )
+
+
+def make_train_fn(
+    model: tf.keras.Model,
+    optimizer: tf.keras.optimizers.Optimizer,
+    step: tf.Variable,
+    strategy: tf.distribute.Strategy,
+    *,
+    global_batch_size: int,
+    jit_compile: bool = False,
+):
+    """Returns `train_fn(iterator, num_steps) -> dict` running num_steps steps in one call.
+
+    The dict holds the mean loss over the steps, the summed confusion counts
+    `tp`, `fp`, `fn` of the training batches, and `finite_steps` (steps whose
+    loss was finite).
+    """
+    scales_loss = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+
+    def replica_step(images, masks):
+        with tf.GradientTape() as tape:
+            probabilities = model(images, training=True)
+            per_example_loss = losses.dice_focal(masks, probabilities)
+            loss = tf.nn.compute_average_loss(per_example_loss, global_batch_size=global_batch_size)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            scaled_loss = optimizer.get_scaled_loss(loss) if scales_loss else loss
+        gradients = tape.gradient(scaled_loss, model.trainable_variables)
+        if scales_loss:
+            gradients = optimizer.get_unscaled_gradients(gradients)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        tp, fp, fn = metrics.confusion_sums(masks, probabilities)
+        return loss, tp, fp, fn
+
+    if jit_compile:
+        replica_step = tf.function(replica_step, jit_compile=True)
+
+    @tf.function
+    def train_fn(iterator, num_steps):
+        loss_sum = tf.constant(0.0)
+        finite_steps = tf.constant(0, tf.int64)
+        counts = [tf.constant(0, tf.int64)] * 3
+        for _ in tf.range(num_steps):
+            loss, *step_counts = strategy.run(replica_step, args=next(iterator))
+            loss = strategy.reduce(_SUM, loss, axis=None)
+            is_finite = tf.math.is_finite(loss)
+            loss_sum += tf.where(is_finite, loss, 0.0)
+            finite_steps += tf.cast(is_finite, tf.int64)
+            counts = [
+                total + tf.cast(strategy.reduce(_SUM, c, axis=None), tf.int64)
+                for total, c in zip(counts, step_counts)
+            ]
+            step.assign_add(1)
+        mean_loss = tf.math.divide_no_nan(loss_sum, tf.cast(finite_steps, tf.float32))
+        mean_loss = tf.where(finite_steps > 0, mean_loss, float("nan"))
+        return {
+            "loss": mean_loss,
+            "finite_steps": finite_steps,
+            "tp": counts[0],
+            "fp": counts[1],
+            "fn": counts[2],
+        }
+
+    return train_fn
+
+
+def make_eval_fn(model: tf.keras.Model, strategy: tf.distribute.Strategy):
+    """Returns `eval_fn(distributed_batch) -> dict` of global sums for one batch.
+
+    Sums (loss over examples, example count, tp, fp, fn) stay exact however the
+    examples are spread over replicas; a replica with an empty batch adds zeros.
+    """
+
+    def replica_eval(images, masks):
+        probabilities = model(images, training=False)
+        loss_sum = tf.reduce_sum(losses.dice_focal(masks, probabilities))
+        count = tf.shape(images, out_type=tf.int32)[0]
+        tp, fp, fn = metrics.confusion_sums(masks, probabilities)
+        return loss_sum, count, tp, fp, fn
+
+    @tf.function
+    def eval_fn(batch):
+        sums = strategy.run(replica_eval, args=batch)
+        return [strategy.reduce(_SUM, s, axis=None) for s in sums]
+
+    return eval_fn
+
+
+def evaluate(eval_fn, dataset) -> dict:
+    """Runs one pass over a distributed validation dataset.
+
+    Returns:
+        `loss` (mean per example), `iou`, `fscore` (from the summed counts),
+        `num_examples`, and the raw `tp`, `fp`, `fn`.
+    """
+    loss_sum, count, tp, fp, fn = 0.0, 0, 0, 0, 0
+    for batch in dataset:
+        batch_loss, batch_count, batch_tp, batch_fp, batch_fn = eval_fn(batch)
+        loss_sum += float(batch_loss)
+        count += int(batch_count)
+        tp, fp, fn = tp + int(batch_tp), fp + int(batch_fp), fn + int(batch_fn)
+    return {
+        "loss": loss_sum / max(count, 1),
+        "iou": metrics.iou_from_sums(tp, fp, fn),
+        "fscore": metrics.fscore_from_sums(tp, fp, fn),
+        "num_examples": count,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+    }

@@ -1,0 +1,143 @@
+"""Builds the segmentation network from the config's `model` group.
+
+segmentation_models provides the architectures and backbones; this module
+checks the choice, loads encoder weights (ImageNet download or a local file),
+makes the last activation float32 (mixed precision) and, for more than one
+replica, rebuilds batch norm as synchronised batch norm.
+"""
+
+import os
+
+import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+
+import ml_collections
+import segmentation_models as sm
+import tensorflow as tf
+from absl import logging
+
+from trainer.errors import UserError
+
+ARCHITECTURES = {"unet": sm.Unet, "fpn": sm.FPN, "linknet": sm.Linknet, "pspnet": sm.PSPNet}
+# Input side must be a multiple of this: five /2 stages, PSPNet pools to 6x6 at /8.
+_SIZE_MULTIPLE = {"unet": 32, "fpn": 32, "linknet": 32, "pspnet": 48}
+
+
+def check_model_config(model_config: ml_collections.ConfigDict, image_size: int) -> None:
+    """Raises UserError when the architecture, backbone, size or weights are unusable."""
+    arch = model_config.arch.lower()
+    if arch not in ARCHITECTURES:
+        raise UserError(
+            f"--config.model.arch={model_config.arch!r} is not an architecture; "
+            f"choose one of {', '.join(ARCHITECTURES)}"
+        )
+    backbones = sm.Backbones.models_names()
+    if model_config.backbone not in backbones:
+        raise UserError(
+            f"--config.model.backbone={model_config.backbone!r} is not a segmentation_models "
+            f"backbone; choose one of {', '.join(backbones)}"
+        )
+    multiple = _SIZE_MULTIPLE[arch]
+    if image_size % multiple:
+        lower = max(multiple, image_size // multiple * multiple)
+        raise UserError(
+            f"--config.data.image_size={image_size} does not suit {arch}, which needs a "
+            f"multiple of {multiple}; use {lower} or {lower + multiple}"
+        )
+    weights = _encoder_weights_kind(model_config.encoder_weights)
+    if weights == "file" and not os.path.isfile(model_config.encoder_weights):
+        raise UserError(
+            f"--config.model.encoder_weights={model_config.encoder_weights!r}: no such file; "
+            "give a local .h5 weights file, 'imagenet' (downloads) or 'none'"
+        )
+
+
+def _encoder_weights_kind(encoder_weights) -> str:
+    if encoder_weights is None or str(encoder_weights).lower() in ("", "none"):
+        return "none"
+    if str(encoder_weights).lower() == "imagenet":
+        return "imagenet"
+    return "file"
+
+
+def build_model(
+    model_config: ml_collections.ConfigDict, *, image_size: int, num_replicas: int = 1
+) -> tf.keras.Model:
+    """Builds the network; call it inside `strategy.scope()`.
+
+    Args:
+        model_config: the config's `model` group.
+        image_size: side of the square input, px.
+        num_replicas: replicas in sync; batch norm is synchronised across them
+            when `model.sync_batchnorm` is on (None: on when more than one).
+
+    Returns:
+        A Keras model from float images `[batch, s, s, 3]` in 0..1 to float32
+        probabilities `[batch, s, s, 1]`.
+    """
+    check_model_config(model_config, image_size)
+    arch = model_config.arch.lower()
+    weights_kind = _encoder_weights_kind(model_config.encoder_weights)
+    kwargs = dict(
+        input_shape=(image_size, image_size, 3),
+        classes=1,
+        activation="sigmoid",
+        encoder_weights="imagenet" if weights_kind == "imagenet" else None,
+        encoder_freeze=model_config.encoder_freeze,
+    )
+    if arch == "unet":
+        kwargs["decoder_filters"] = tuple(model_config.decoder_filters)
+    model = ARCHITECTURES[arch](model_config.backbone, **kwargs)
+    if weights_kind == "file":
+        _load_encoder_file(model, model_config.encoder_weights)
+
+    # Under mixed precision the network computes in float16/bfloat16; the loss
+    # needs float32 probabilities (the seed's trick: re-add the sigmoid as float32).
+    probabilities = tf.keras.layers.Activation("sigmoid", dtype="float32", name="probabilities")(
+        model.layers[-2].output
+    )
+    model = tf.keras.Model(model.input, probabilities, name=f"{arch}_{model_config.backbone}")
+
+    sync = model_config.sync_batchnorm
+    if sync is None:
+        sync = num_replicas > 1
+    if sync:
+        model = synchronize_batchnorm(model)
+    return model
+
+
+def _load_encoder_file(model: tf.keras.Model, path: str) -> None:
+    """Loads a local encoder weights file (Keras .h5) into the layers of the same name."""
+    try:
+        model.load_weights(path, by_name=True, skip_mismatch=False)
+    except (OSError, ValueError) as error:
+        raise UserError(
+            f"--config.model.encoder_weights={path!r} does not fit this backbone "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); give the notop "
+            "ImageNet .h5 file of the same backbone"
+        ) from None
+    logging.info("Loaded encoder weights from %s", path)
+
+
+def synchronize_batchnorm(model: tf.keras.Model) -> tf.keras.Model:
+    """Clones `model` with every BatchNormalization synchronised across replicas.
+
+    Per-replica batch statistics make a step on N replicas differ from the same
+    step on one, and small per-replica batches hurt accuracy. The clone keeps
+    the weights of `model`.
+    """
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            config["synchronized"] = True
+            config.pop("fused", None)  # fused kernels cannot synchronise
+        return layer.__class__.from_config(config)
+
+    clone = tf.keras.models.clone_model(model, clone_function=clone_layer)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def count_parameters(model: tf.keras.Model) -> int:
+    """Number of weights (trainable and not) in the model."""
+    return int(sum(tf.keras.backend.count_params(w) for w in model.weights))

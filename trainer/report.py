@@ -1,0 +1,118 @@
+"""Where training results go: metrics.jsonl, TensorBoard, wandb, curves.png.
+
+Only the chief writes; other workers get a writer that does nothing.
+"""
+
+import json
+import os
+
+import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+
+import tensorflow as tf
+from absl import logging
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsWriter:
+    """Appends one JSON record per line to metrics.jsonl, mirrored to TensorBoard and wandb."""
+
+    def __init__(self, workdir: str, *, enabled: bool, wandb_run=None):
+        self._enabled = enabled
+        self._path = os.path.join(workdir, METRICS_FILE)
+        self._wandb_run = wandb_run
+        self._summary_writer = None
+        if enabled:
+            self._summary_writer = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
+
+    def drop_after(self, step: int) -> None:
+        """Removes records past `step`: a resumed run rewrites them, without duplicates."""
+        if not self._enabled or not os.path.exists(self._path):
+            return
+        records = read_metrics(self._path)
+        kept = [r for r in records if r["step"] <= step]
+        if len(kept) != len(records):
+            temporary = self._path + ".tmp"
+            with open(temporary, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in kept)
+            os.replace(temporary, self._path)
+
+    def write(self, step: int, split: str, values: dict) -> None:
+        """Records `values` (name -> number) of `split` ('train' or 'valid') at `step`."""
+        if not self._enabled:
+            return
+        record = {"step": int(step), "split": split}
+        record.update({k: _number(v) for k, v in values.items()})
+        with open(self._path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        with self._summary_writer.as_default(step=int(step)):
+            for name, value in values.items():
+                tf.summary.scalar(f"{split}/{name}", _number(value))
+        if self._wandb_run is not None:
+            self._wandb_run.log({f"{split}/{k}": _number(v) for k, v in values.items()}, step=step)
+
+    def close(self) -> None:
+        """Flushes TensorBoard and finishes the wandb run."""
+        if self._summary_writer is not None:
+            self._summary_writer.flush()
+        if self._wandb_run is not None:
+            self._wandb_run.finish()
+
+
+def _number(value):
+    return int(value) if isinstance(value, int) else float(value)
+
+
+def read_metrics(path: str) -> list[dict]:
+    """Reads metrics.jsonl records, skipping a torn last line of a killed run."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                logging.warning("Ignoring a partial line in %s", path)
+    return records
+
+
+def start_wandb(config_dict: dict, workdir: str, project: str):
+    """Starts a wandb run, offline unless the user has logged in (WANDB_API_KEY or netrc)."""
+    import wandb  # imported on demand: it is slow to import and optional
+
+    logged_in = bool(os.environ.get("WANDB_API_KEY")) or _netrc_has_wandb()
+    mode = os.environ.get("WANDB_MODE") or ("online" if logged_in else "offline")
+    logging.info("wandb: %s run in %s", mode, workdir)
+    return wandb.init(project=project, dir=workdir, config=config_dict, mode=mode, resume="allow")
+
+
+def _netrc_has_wandb() -> bool:
+    path = os.path.expanduser("~/.netrc")
+    return os.path.exists(path) and "api.wandb.ai" in open(path).read()
+
+
+def plot_curves(workdir: str) -> str | None:
+    """Plots train/valid loss and IoU against the step into WORKDIR/curves.png."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    records = read_metrics(path)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, metric in zip(axes, ("loss", "iou")):
+        for split, style in (("train", "-"), ("valid", "o-")):
+            points = [(r["step"], r[metric]) for r in records if r["split"] == split and metric in r]
+            if points:
+                axis.plot(*zip(*points), style, label=split, markersize=3)
+        axis.set_xlabel("step")
+        axis.set_title(metric)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    output = os.path.join(workdir, "curves.png")
+    figure.savefig(output, dpi=100)
+    plt.close(figure)
+    return output

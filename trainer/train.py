@@ -1,0 +1,320 @@
+"""Trains a segmentation model: `python -m trainer.train --config=... --data_root=... --workdir=...`.
+
+    python -m trainer.train --config=configs/demo_cpu.py --data_root=data/synthetic \
+        --workdir=runs/demo
+    python -m trainer.train --config=configs/nail_unet_effb4.py --strategy=mirrored \
+        --data_root=/data/nails --workdir=/work/effb4 --config.train.epochs=50
+
+A restart on the same work directory resumes from its latest checkpoint.
+"""
+
+import json
+import os
+import sys
+import time
+
+import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+
+import ml_collections
+import tensorflow as tf
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from trainer import checkpoint, distribute, loop, metrics, model as model_lib, optim, report
+from trainer import serving
+from trainer.data import manifest, pipeline
+from trainer.errors import UserError, exit_on_user_error
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports.")
+flags.DEFINE_string("data_root", None, "Data set folder (Images/ + Masks/, or train/ + valid/).")
+flags.DEFINE_enum("strategy", "one_device", distribute.STRATEGIES, "tf.distribute strategy.")
+flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu ('local' on a TPU VM).")
+flags.DEFINE_integer("num_cpu_devices", 1, "Split the host CPU into N logical devices.")
+flags.mark_flags_as_required(["config", "workdir", "data_root"])
+
+
+def run_plan(config: ml_collections.ConfigDict, num_train: int, num_replicas: int) -> dict:
+    """Derives the step counts of the run from the config and the data size."""
+    global_batch_size = config.data.batch_size
+    if global_batch_size % num_replicas:
+        raise UserError(
+            f"--config.data.batch_size={global_batch_size} does not divide over "
+            f"{num_replicas} replicas; use a multiple of {num_replicas}"
+        )
+    steps_per_epoch = max(1, num_train // global_batch_size)
+    total_steps = config.train.steps or config.train.epochs * steps_per_epoch
+    if total_steps <= 0:
+        raise UserError("set --config.train.steps or --config.train.epochs to a positive number")
+    eval_every = config.train.eval_every or steps_per_epoch
+    return {
+        "num_replicas": num_replicas,
+        "global_batch_size": global_batch_size,
+        "per_replica_batch_size": global_batch_size // num_replicas,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "eval_every": eval_every,
+        "checkpoint_every": config.train.checkpoint_every or eval_every,
+        "log_every": config.train.log_every or eval_every,
+    }
+
+
+def steps_until_event(step: int, plan: dict, steps_per_execution: int) -> int:
+    """Steps to run in the next call: up to steps_per_execution, stopping at any event."""
+    boundaries = [plan["total_steps"]]
+    for key in ("eval_every", "checkpoint_every", "log_every"):
+        every = plan[key]
+        boundaries.append((step // every + 1) * every)
+    return max(1, min(min(boundaries) - step, steps_per_execution))
+
+
+def is_due(step: int, every: int, total_steps: int) -> bool:
+    """True at multiples of `every` and at the last step."""
+    return step % every == 0 or step == total_steps
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict, plan: dict) -> None:
+    """Writes the resolved config, with the derived run plan, to WORKDIR/config.json."""
+    resolved = config.to_dict()
+    resolved["run"] = dict(plan, strategy=FLAGS.strategy, data_root=FLAGS.data_root)
+    checkpoint.write_json_atomically(os.path.join(workdir, "config.json"), resolved)
+
+
+@exit_on_user_error
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = FLAGS.config
+    workdir = FLAGS.workdir
+
+    # --- Devices and strategy -------------------------------------------------
+    distribute.configure_cpu_devices(FLAGS.num_cpu_devices)
+    strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
+    distribute.describe(strategy)
+    is_chief = distribute.is_chief(strategy)
+    num_replicas = strategy.num_replicas_in_sync
+    model_lib.check_model_config(config.model, config.data.image_size)
+
+    # --- Data -----------------------------------------------------------------
+    train_rows, valid_rows = manifest.read_manifests(
+        FLAGS.data_root, fallback_dir=workdir, valid_fraction=config.data.valid_fraction
+    )
+    plan = run_plan(config, len(train_rows), num_replicas)
+    _log_summary(config, plan, train_rows, valid_rows)
+    os.makedirs(workdir, exist_ok=True)
+    if is_chief:
+        write_config(workdir, config, plan)
+
+    # --- Model, optimizer, state ------------------------------------------------
+    tf.keras.utils.set_random_seed(config.train.seed)
+    tf.keras.mixed_precision.set_global_policy(config.train.precision)
+    with strategy.scope():
+        model = model_lib.build_model(
+            config.model, image_size=config.data.image_size, num_replicas=num_replicas
+        )
+        optimizer = optim.create_optimizer(config.train, plan["total_steps"])
+        optimizer.build(model.trainable_variables)
+        step = loop.create_step_counter()
+        state = checkpoint.TrainingState(
+            workdir,
+            step=step,
+            model=model,
+            optimizer=optimizer,
+            is_chief=is_chief,
+            keep=config.train.keep_checkpoints,
+            every_steps=plan["checkpoint_every"],
+        )
+        start_step = state.restore()
+    logging.info("Model %s: %s weights", model.name, f"{model_lib.count_parameters(model):,}")
+
+    # Resume order: restore the step first, then start the data stream after the
+    # examples that step has consumed (file names only are skipped, nothing decoded).
+    def train_input(input_context):
+        examples_per_pipeline = plan["global_batch_size"] // input_context.num_input_pipelines
+        return pipeline.make_dataset(
+            train_rows,
+            config.data,
+            input_context,
+            training=True,
+            seed=config.train.seed,
+            skip_examples=start_step * examples_per_pipeline,
+        )
+
+    def valid_input(input_context):
+        return pipeline.make_dataset(valid_rows, config.data, input_context, training=False)
+
+    train_iterator = iter(strategy.distribute_datasets_from_function(train_input))
+    valid_dataset = strategy.distribute_datasets_from_function(valid_input)
+    pipeline.log_parallelism(config.data, max(1, num_replicas))
+
+    train_fn = loop.make_train_fn(
+        model,
+        optimizer,
+        step,
+        strategy,
+        global_batch_size=plan["global_batch_size"],
+        jit_compile=config.train.jit_compile,
+    )
+    eval_fn = loop.make_eval_fn(model, strategy)
+
+    # --- Reporting --------------------------------------------------------------
+    wandb_run = None
+    if config.log.wandb and is_chief:
+        wandb_run = report.start_wandb(config.to_dict(), workdir, config.log.wandb_project)
+    writer = report.MetricsWriter(workdir, enabled=is_chief, wandb_run=wandb_run)
+    writer.drop_after(start_step)
+
+    # --- Loop -------------------------------------------------------------------
+    total_steps = plan["total_steps"]
+    progress = _Progress(start_step, total_steps)
+    window = _TrainWindow()
+    while int(step.numpy()) < total_steps:
+        current = int(step.numpy())
+        num_steps = steps_until_event(current, plan, config.train.steps_per_execution)
+        started = time.perf_counter()
+        logs = train_fn(train_iterator, tf.constant(num_steps, tf.int32))
+        window.add(logs, num_steps * plan["global_batch_size"], time.perf_counter() - started)
+        current = int(step.numpy())
+        progress.update(current, window.loss, window.images_per_sec)
+
+        if is_due(current, plan["log_every"], total_steps):
+            writer.write(current, "train", window.summary())
+            window = _TrainWindow()
+        if is_due(current, plan["eval_every"], total_steps):
+            results = loop.evaluate(eval_fn, valid_dataset)
+            _record_evaluation(workdir, model, state, writer, current, results, is_chief)
+            progress.note(
+                f"step {current}/{total_steps}: valid loss {results['loss']:.4f} "
+                f"IoU {results['iou']:.4f} F1 {results['fscore']:.4f}"
+            )
+        state.save()
+    state.save(force=True)
+    progress.close()
+
+    # --- Results ---------------------------------------------------------------
+    if is_chief:
+        _finish(workdir, model, writer)
+    writer.close()
+
+
+def _record_evaluation(workdir, model, state, writer, step, results, is_chief):
+    values = {k: results[k] for k in ("loss", "iou", "fscore", "num_examples")}
+    writer.write(step, "valid", values)
+    if results["iou"] > float(state.best_iou.numpy()):
+        state.best_iou.assign(results["iou"])
+        if is_chief:
+            checkpoint.save_best_weights(workdir, model, step=step, results=values)
+
+
+def _finish(workdir: str, model: tf.keras.Model, writer: report.MetricsWriter) -> None:
+    """Exports the best weights as a SavedModel and plots the curves."""
+    record = checkpoint.load_best_weights(workdir, model)
+    export_dir = serving.export_saved_model(model, os.path.join(workdir, "export"))
+    curves = report.plot_curves(workdir)
+    summary = (
+        f"best valid IoU {record['iou']:.4f} at step {record['step']}" if record else "no evaluation"
+    )
+    message = (
+        f"Training done: {summary}.\n"
+        f"  results:     {os.path.abspath(workdir)}\n"
+        f"  SavedModel:  {export_dir}\n"
+        f"  metrics:     {os.path.join(workdir, report.METRICS_FILE)}\n"
+        f"  curves:      {curves}\n"
+        f"  TensorBoard: tensorboard --logdir {os.path.join(workdir, 'tb')}"
+    )
+    logging.info("Training done: %s", summary)
+    print(message, flush=True)
+
+
+def _log_summary(config, plan, train_rows, valid_rows) -> None:
+    def per_group(rows):
+        return ", ".join(f"{g}: {n}" for g, n in sorted(rows["group"].value_counts().items()))
+
+    logging.info(
+        "Data: %d train (%s), %d valid (%s)",
+        len(train_rows),
+        per_group(train_rows),
+        len(valid_rows),
+        per_group(valid_rows),
+    )
+    logging.info(
+        "Run: %d steps (%d per epoch), global batch %d = %d replicas x %d, precision %s, "
+        "%s-%s at %d px",
+        plan["total_steps"],
+        plan["steps_per_epoch"],
+        plan["global_batch_size"],
+        plan["num_replicas"],
+        plan["per_replica_batch_size"],
+        config.train.precision,
+        config.model.arch,
+        config.model.backbone,
+        config.data.image_size,
+    )
+
+
+class _TrainWindow:
+    """Training figures accumulated since the last train record."""
+
+    def __init__(self):
+        self.loss_sum, self.finite_steps, self.images, self.seconds = 0.0, 0, 0, 0.0
+        self.tp = self.fp = self.fn = 0
+
+    def add(self, logs, images, seconds):
+        finite = int(logs["finite_steps"])
+        if finite:
+            self.loss_sum += float(logs["loss"]) * finite
+        self.finite_steps += finite
+        self.tp += int(logs["tp"])
+        self.fp += int(logs["fp"])
+        self.fn += int(logs["fn"])
+        self.images += images
+        self.seconds += seconds
+
+    @property
+    def loss(self):
+        return self.loss_sum / self.finite_steps if self.finite_steps else float("nan")
+
+    @property
+    def images_per_sec(self):
+        return self.images / self.seconds if self.seconds else 0.0
+
+    def summary(self):
+        return {
+            "loss": self.loss,
+            "iou": metrics.iou_from_sums(self.tp, self.fp, self.fn),
+            "fscore": metrics.fscore_from_sums(self.tp, self.fp, self.fn),
+            "images_per_sec": self.images_per_sec,
+        }
+
+
+class _Progress:
+    """A tqdm bar on a terminal; plain log lines otherwise."""
+
+    def __init__(self, start_step, total_steps):
+        self._bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+        self._last = start_step
+
+    def update(self, step, loss, images_per_sec):
+        if self._bar is not None:
+            self._bar.update(step - self._last)
+            self._bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_sec:.1f}")
+        self._last = step
+
+    def note(self, message):
+        if self._bar is not None:
+            self._bar.write(message)
+        else:
+            logging.info("%s", message)
+
+    def close(self):
+        if self._bar is not None:
+            self._bar.close()
+
+
+if __name__ == "__main__":
+    app.run(main)
