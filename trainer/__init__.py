@@ -2,7 +2,9 @@
 
 segmentation_models needs Keras 2, so the legacy Keras (tf-keras) and the
 matching segmentation_models framework are selected here, before anything
-imports TensorFlow. Every entry point imports this package first.
+imports TensorFlow. Python runs this file before any `trainer.*` module, so
+every module and entry point of the package gets these settings; a script of
+the user's only needs to import something from `trainer` before `tensorflow`.
 """
 
 import os

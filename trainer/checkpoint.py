@@ -14,8 +14,6 @@ import os
 import shutil
 import tempfile
 
-import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-
 import tensorflow as tf
 from absl import logging
 

@@ -1,15 +1,13 @@
 """Makes the tf.distribute strategy named by `--strategy`.
 
-  one_device             one GPU if there is one, else the CPU (debugging)
-  mirrored               every local GPU (or the logical CPUs of --num_cpu_devices)
-  multi_worker_mirrored  several machines; the cluster comes from TF_CONFIG
-  tpu                    a Cloud TPU (--tpu=NAME, or 'local' on a TPU VM)
+one_device             one GPU if there is one, else the CPU (debugging)
+mirrored               every local GPU (or the logical CPUs of --num_cpu_devices)
+multi_worker_mirrored  several machines; the cluster comes from TF_CONFIG
+tpu                    a Cloud TPU (--tpu=NAME, or 'local' on a TPU VM)
 """
 
 import json
 import os
-
-import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
 import tensorflow as tf
 from absl import logging
@@ -117,5 +115,7 @@ def describe(strategy: tf.distribute.Strategy) -> None:
         "Strategy %s with %d replica(s) in sync; local devices: %s",
         type(strategy).__name__,
         strategy.num_replicas_in_sync,
-        ", ".join(d.name for d in tf.config.list_logical_devices() if d.device_type != "TPU_SYSTEM"),
+        ", ".join(
+            d.name for d in tf.config.list_logical_devices() if d.device_type != "TPU_SYSTEM"
+        ),
     )

@@ -7,8 +7,6 @@ apply (the optimizer all-reduces; a loss-scale optimizer skips non-finite
 steps), and exact confusion sums for the metrics.
 """
 
-import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-
 import tensorflow as tf
 
 from trainer import losses, metrics
@@ -92,17 +90,21 @@ def make_train_fn(
 
 
 def make_eval_fn(model: tf.keras.Model, strategy: tf.distribute.Strategy):
-    """Returns `eval_fn(distributed_batch) -> dict` of global sums for one batch.
+    """Returns `eval_fn(distributed_batch) -> list` of global sums for one batch.
 
-    Sums (loss over examples, example count, tp, fp, fn) stay exact however the
-    examples are spread over replicas; a replica with an empty batch adds zeros.
+    The batch is `(images, masks, weights)` from `make_dataset(with_weights=True)`;
+    padding examples have weight 0. The sums (loss over examples, example count,
+    tp, fp, fn) stay exact however the examples are spread over replicas.
     """
 
-    def replica_eval(images, masks):
+    def replica_eval(images, masks, weights):
         probabilities = model(images, training=False)
-        loss_sum = tf.reduce_sum(losses.dice_focal(masks, probabilities))
-        count = tf.shape(images, out_type=tf.int32)[0]
-        tp, fp, fn = metrics.confusion_sums(masks, probabilities)
+        loss_sum = tf.reduce_sum(losses.dice_focal(masks, probabilities) * weights)
+        is_real = tf.cast(weights > 0, tf.int32)
+        count = tf.reduce_sum(is_real)
+        tp, fp, fn = (
+            tf.reduce_sum(c * is_real) for c in metrics.per_example_confusion(masks, probabilities)
+        )
         return loss_sum, count, tp, fp, fn
 
     @tf.function

@@ -8,8 +8,6 @@ replica, rebuilds batch norm as synchronised batch norm.
 
 import os
 
-import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-
 import ml_collections
 import segmentation_models as sm
 import tensorflow as tf
@@ -107,6 +105,12 @@ def build_model(
 
 def _load_encoder_file(model: tf.keras.Model, path: str) -> None:
     """Loads a local encoder weights file (Keras .h5) into the layers of the same name."""
+    stored = _h5_layer_names(path)
+    if not stored & {layer.name for layer in model.layers if layer.weights}:
+        raise UserError(
+            f"--config.model.encoder_weights={path!r} holds no layer of this model; give the "
+            "notop ImageNet .h5 file of the same backbone"
+        )
     try:
         model.load_weights(path, by_name=True, skip_mismatch=False)
     except (OSError, ValueError) as error:
@@ -116,6 +120,20 @@ def _load_encoder_file(model: tf.keras.Model, path: str) -> None:
             "ImageNet .h5 file of the same backbone"
         ) from None
     logging.info("Loaded encoder weights from %s", path)
+
+
+def _h5_layer_names(path: str) -> set[str]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            group = f["model_weights"] if "model_weights" in f else f
+            return {n.decode() if isinstance(n, bytes) else n for n in group.attrs["layer_names"]}
+    except (OSError, KeyError) as error:
+        raise UserError(
+            f"--config.model.encoder_weights={path!r} is not a Keras .h5 weights file "
+            f"({type(error).__name__}); give the notop ImageNet .h5 file of the backbone"
+        ) from None
 
 
 def synchronize_batchnorm(model: tf.keras.Model) -> tf.keras.Model:

@@ -6,8 +6,6 @@ Only the chief writes; other workers get a writer that does nothing.
 import json
 import os
 
-import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-
 import tensorflow as tf
 from absl import logging
 
@@ -104,7 +102,9 @@ def plot_curves(workdir: str) -> str | None:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for axis, metric in zip(axes, ("loss", "iou")):
         for split, style in (("train", "-"), ("valid", "o-")):
-            points = [(r["step"], r[metric]) for r in records if r["split"] == split and metric in r]
+            points = [
+                (r["step"], r[metric]) for r in records if r["split"] == split and metric in r
+            ]
             if points:
                 axis.plot(*zip(*points), style, label=split, markersize=3)
         axis.set_xlabel("step")

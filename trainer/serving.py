@@ -3,8 +3,6 @@
 import os
 import shutil
 
-import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-
 import tensorflow as tf
 
 

@@ -1,4 +1,4 @@
-"""Trains a segmentation model: `python -m trainer.train --config=... --data_root=... --workdir=...`.
+"""Trains a segmentation model on a data folder; resumes when the work directory has a run.
 
     python -m trainer.train --config=configs/demo_cpu.py --data_root=data/synthetic \
         --workdir=runs/demo
@@ -8,20 +8,17 @@
 A restart on the same work directory resumes from its latest checkpoint.
 """
 
-import json
 import os
 import sys
 import time
-
-import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
 import ml_collections
 import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from trainer import checkpoint, distribute, loop, metrics, model as model_lib, optim, report
-from trainer import serving
+from trainer import checkpoint, distribute, loop, metrics, optim, report, serving
+from trainer import model as model_lib
 from trainer.data import manifest, pipeline
 from trainer.errors import UserError, exit_on_user_error
 
@@ -142,7 +139,9 @@ def main(argv):
         )
 
     def valid_input(input_context):
-        return pipeline.make_dataset(valid_rows, config.data, input_context, training=False)
+        return pipeline.make_dataset(
+            valid_rows, config.data, input_context, training=False, with_weights=True
+        )
 
     train_iterator = iter(strategy.distribute_datasets_from_function(train_input))
     valid_dataset = strategy.distribute_datasets_from_function(valid_input)
@@ -213,7 +212,9 @@ def _finish(workdir: str, model: tf.keras.Model, writer: report.MetricsWriter) -
     export_dir = serving.export_saved_model(model, os.path.join(workdir, "export"))
     curves = report.plot_curves(workdir)
     summary = (
-        f"best valid IoU {record['iou']:.4f} at step {record['step']}" if record else "no evaluation"
+        f"best valid IoU {record['iou']:.4f} at step {record['step']}"
+        if record
+        else "no evaluation"
     )
     message = (
         f"Training done: {summary}.\n"

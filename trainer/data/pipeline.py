@@ -16,8 +16,6 @@ Only file names are ever shuffled: a buffer of decoded photos (the seed's
 
 import os
 
-import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-
 import ml_collections
 import numpy as np
 import pandas as pd
@@ -108,6 +106,7 @@ def make_dataset(
     training: bool,
     seed: int = 0,
     skip_examples: int = 0,
+    with_weights: bool = False,
 ) -> tf.data.Dataset:
     """Builds the input pipeline for one input pipeline (worker) of a strategy.
 
@@ -121,21 +120,25 @@ def make_dataset(
             one pass in file order otherwise.
         seed: data order and augmentation seed (the run's `train.seed`).
         skip_examples: examples of this pipeline's stream already consumed (resume).
+        with_weights: validation only: pad every pipeline to the same number of
+            full batches and add a float32 weight `[b]` per example, 0 for padding.
+            Replicas and workers then run equal steps on static shapes (TPU,
+            multi-worker), and weighted sums stay exact.
 
     Returns:
         Batches of `(image, mask)`: image float32 `[b, s, s, 3]` in 0..1, mask
-        float32 `[b, s, s, 1]` in {0, 1}, b the per-replica batch size.
+        float32 `[b, s, s, 1]` in {0, 1}, b the per-replica batch size; with
+        `with_weights`, batches of `(image, mask, weight)`.
     """
     input_context = input_context or tf.distribute.InputContext()
     per_replica_batch_size = input_context.get_per_replica_batch_size(data_config.batch_size)
-    local_replicas = max(
-        1, input_context.num_replicas_in_sync // input_context.num_input_pipelines
-    )
+    local_replicas = max(1, input_context.num_replicas_in_sync // input_context.num_input_pipelines)
     num_parallel_calls, prefetch_batches = pipeline_parallelism(data_config, local_replicas)
     size_px = data_config.image_size
 
-    frame = frame.iloc[input_context.input_pipeline_id :: input_context.num_input_pipelines]
-    frame = frame.reset_index(drop=True)
+    num_pipelines = input_context.num_input_pipelines
+    shard_size_max = -(-len(frame) // num_pipelines)
+    frame = frame.iloc[input_context.input_pipeline_id :: num_pipelines].reset_index(drop=True)
     images = tf.constant(frame["images"].astype(str).to_numpy())
     masks = tf.constant(frame["masks"].astype(str).to_numpy())
 
@@ -154,13 +157,26 @@ def make_dataset(
             ds = ds.map(_augment_fn(size_px), num_parallel_calls=num_parallel_calls)
         else:
             ds = ds.map(lambda image, mask, _: (image, mask))
+    elif with_weights:
+        examples_per_step = per_replica_batch_size * local_replicas
+        padded_size = -(-shard_size_max // examples_per_step) * examples_per_step
+        num_real = len(frame)
+        # Padding repeats a real file (cheap, always decodable) with weight 0.
+        ds = tf.data.Dataset.range(padded_size).map(
+            lambda i: (i % num_real, tf.cast(i < num_real, tf.float32))
+        )
+        ds = ds.map(load, num_parallel_calls=num_parallel_calls)
     else:
         ds = tf.data.Dataset.range(len(frame)).map(lambda index: (index, index))
         ds = ds.map(load, num_parallel_calls=num_parallel_calls)
         ds = ds.map(lambda image, mask, _: (image, mask))
-    ds = ds.map(to_model_inputs, num_parallel_calls=num_parallel_calls)
-    ds = ds.batch(per_replica_batch_size, drop_remainder=training)
+    ds = ds.map(_to_model_inputs_keeping_weight, num_parallel_calls=num_parallel_calls)
+    ds = ds.batch(per_replica_batch_size, drop_remainder=training or with_weights)
     return ds.prefetch(prefetch_batches)
+
+
+def _to_model_inputs_keeping_weight(image, mask, *weight):
+    return (*to_model_inputs(image, mask), *weight)
 
 
 def _augment_fn(size_px: int):

@@ -1,0 +1,39 @@
+# The README's commands. Everything installs into .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= data/synthetic
+RUN ?= runs/demo
+
+.PHONY: install demo test test-slow lint format clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# Makes the synthetic nail data set and trains configs/demo_cpu.py on it.
+demo: install
+	test -d $(DATA)/Images || $(PY) -m trainer.synthetic --output_dir=$(DATA)
+	$(PY) -m trainer.train --config=configs/demo_cpu.py --data_root=$(DATA) --workdir=$(RUN)
+
+# Lint, then the fast tests (the long ones: make test-slow).
+test: install lint
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) runs data/synthetic

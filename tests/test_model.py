@@ -1,0 +1,100 @@
+"""Model building: architectures, float32 output, weights files, bad choices."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import trainer  # noqa: F401
+from configs import demo_cpu
+from trainer import model as model_lib
+from trainer.errors import UserError
+
+
+def _model_config(**overrides):
+    config = demo_cpu.get_config().model
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return model_lib.build_model(_model_config(), image_size=64)
+
+
+def test_unet_maps_images_to_float32_probabilities(unet):
+    probabilities = unet(np.random.rand(2, 64, 64, 3).astype("float32"))
+    assert probabilities.shape == (2, 64, 64, 1) and probabilities.dtype == tf.float32
+    assert 0.0 <= float(tf.reduce_min(probabilities)) <= float(tf.reduce_max(probabilities)) <= 1.0
+
+
+def test_last_activation_is_float32_under_mixed_precision():
+    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = model_lib.build_model(_model_config(backbone="mobilenetv2"), image_size=64)
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    assert model.layers[-2].compute_dtype == "float16"
+    assert model.output.dtype == tf.float32
+
+
+@pytest.mark.parametrize("arch, size", [("fpn", 64), ("linknet", 64), ("pspnet", 96)])
+def test_other_architectures_build(arch, size):
+    model = model_lib.build_model(_model_config(arch=arch, backbone="mobilenetv2"), image_size=size)
+    assert model.output_shape == (None, size, size, 1)
+
+
+def test_synchronized_batchnorm_clone_keeps_weights_and_outputs(unet):
+    clone = model_lib.synchronize_batchnorm(unet)
+    batchnorms = [
+        layer for layer in clone.layers if isinstance(layer, tf.keras.layers.BatchNormalization)
+    ]
+    assert batchnorms and all(layer.synchronized for layer in batchnorms)
+    images = np.random.rand(2, 64, 64, 3).astype("float32")
+    np.testing.assert_allclose(unet(images), clone(images), atol=1e-5)
+
+
+def test_sync_batchnorm_defaults_to_on_with_several_replicas():
+    model = model_lib.build_model(
+        _model_config(backbone="mobilenetv2"), image_size=64, num_replicas=2
+    )
+    assert any(getattr(layer, "synchronized", False) for layer in model.layers)
+
+
+def test_local_encoder_weights_file_is_loaded(unet, tmp_path):
+    path = str(tmp_path / "encoder.h5")
+    unet.save_weights(path)
+    model = model_lib.build_model(_model_config(encoder_weights=path), image_size=64)
+    np.testing.assert_array_equal(
+        model.get_layer("conv0").get_weights()[0], unet.get_layer("conv0").get_weights()[0]
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, size, message",
+    [
+        ({"arch": "segnet"}, 64, "choose one of unet, fpn"),
+        ({"backbone": "resnet19"}, 64, "resnet18"),
+        ({}, 100, "use 96 or 128"),
+        ({"arch": "pspnet"}, 64, "multiple of 48"),
+        ({"encoder_weights": "/nonexistent/weights.h5"}, 64, "no such file"),
+    ],
+)
+def test_bad_model_choices_are_user_errors(overrides, size, message):
+    with pytest.raises(UserError, match=message):
+        model_lib.check_model_config(_model_config(**overrides), size)
+
+
+def test_weights_file_of_another_backbone_is_a_user_error(tmp_path):
+    other = model_lib.build_model(_model_config(backbone="mobilenetv2"), image_size=64)
+    path = str(tmp_path / "other.h5")
+    other.save_weights(path)
+    with pytest.raises(UserError, match="does not fit"):
+        model_lib.build_model(_model_config(encoder_weights=path), image_size=64)
+
+
+def test_file_that_is_not_h5_weights_is_a_user_error(tmp_path):
+    path = tmp_path / "weights.h5"
+    path.write_text("not hdf5")
+    with pytest.raises(UserError, match="not a Keras .h5"):
+        model_lib.build_model(_model_config(encoder_weights=str(path)), image_size=64)

@@ -1,0 +1,151 @@
+"""The tf.data pipeline: shapes, mask decoding, sharding, balance and resume."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import trainer  # noqa: F401
+from configs import demo_cpu
+from trainer.data import pipeline
+
+
+def _data_config(**overrides):
+    config = demo_cpu.get_config().data
+    config.image_size = 32
+    config.batch_size = 4
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def frame(tmp_path_factory):
+    """12 pairs of odd sizes in two groups; image i has the constant value 10 * i."""
+    root = tmp_path_factory.mktemp("pairs")
+    rows = []
+    for i in range(12):
+        height, width = 40 + i, 50
+        image = np.full((height, width, 3), 10 * i, np.uint8)
+        mask = np.zeros((height, width), np.uint8)
+        mask[: height // 2] = 255
+        Image.fromarray(image).save(root / f"{i}.png")
+        Image.fromarray(mask).save(root / f"{i}_mask.png")
+        rows.append(
+            {
+                "images": str(root / f"{i}.png"),
+                "masks": str(root / f"{i}_mask.png"),
+                "group": "ab"[i < 9],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _ids(images):
+    """The image index i of each example (its constant pixel value / 10)."""
+    return [int(round(float(v) * 255 / 10)) for v in images[:, 0, 0, 0].numpy()]
+
+
+def test_training_batches_have_contract_shapes_and_values(frame):
+    dataset = pipeline.make_dataset(frame, _data_config(), training=True, seed=0)
+    images, masks = next(iter(dataset))
+    assert images.shape == (4, 32, 32, 3) and images.dtype == tf.float32
+    assert masks.shape == (4, 32, 32, 1) and masks.dtype == tf.float32
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
+    assert set(np.unique(masks.numpy())) <= {0.0, 1.0}
+
+
+def test_validation_is_one_pass_in_file_order_keeping_the_last_batch(frame):
+    dataset = pipeline.make_dataset(frame, _data_config(), training=False)
+    batches = list(dataset)
+    assert [b[0].shape[0] for b in batches] == [4, 4, 4]
+    assert sum((_ids(b[0]) for b in batches), []) == list(range(12))
+    top_half = batches[0][1].numpy()[0, :16, :, 0]
+    assert top_half.mean() > 0.9  # the upper half of every mask is foreground
+
+
+def test_each_epoch_visits_every_file_once_in_a_new_order(frame):
+    config = _data_config(augment=False, batch_size=12)
+    iterator = iter(pipeline.make_dataset(frame, config, training=True, seed=3))
+    first, second = _ids(next(iterator)[0]), _ids(next(iterator)[0])
+    assert sorted(first) == sorted(second) == list(range(12))
+    assert first != second
+
+
+def test_skipping_examples_resumes_the_same_augmented_stream(frame):
+    config = _data_config()
+    full = [
+        b[0].numpy() for b in pipeline.make_dataset(frame, config, training=True, seed=1).take(4)
+    ]
+    resumed = pipeline.make_dataset(frame, config, training=True, seed=1, skip_examples=8)
+    for expected, (images, _) in zip(full[2:], resumed.take(2)):
+        np.testing.assert_array_equal(expected, images.numpy())
+
+
+def test_input_pipelines_read_disjoint_shards(frame):
+    config = _data_config(augment=False, batch_size=12)
+    seen = []
+    for pipeline_id in range(2):
+        context = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=pipeline_id, num_replicas_in_sync=2
+        )
+        dataset = pipeline.make_dataset(frame, config, context, training=False)
+        seen.append({i for images, _ in dataset for i in _ids(images)})
+        assert next(iter(dataset))[0].shape[0] == 6  # per-replica batch: 12 / 2
+    assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(12))
+
+
+def test_balanced_sampling_draws_groups_evenly(frame):
+    config = _data_config(augment=False, balanced=True, batch_size=50)
+    images, _ = next(iter(pipeline.make_dataset(frame, config, training=True, seed=0)))
+    from_group_b = sum(i >= 9 for i in _ids(images))  # group b holds 3 of the 12 files
+    assert 15 <= from_group_b <= 35
+
+
+@pytest.mark.parametrize(
+    "pixels, expected",
+    [
+        (np.array([[0, 255], [128, 127]], np.uint8), [[0, 1], [1, 0]]),  # 0/255, binarised at 127
+        (np.array([[0, 1], [1, 0]], np.uint8), [[0, 1], [1, 0]]),  # label-index mask
+        (np.array([[0, 0], [0, 0]], np.uint8), [[0, 0], [0, 0]]),  # empty
+    ],
+)
+def test_mask_decoding(tmp_path, pixels, expected):
+    path = tmp_path / "mask.png"
+    Image.fromarray(pixels).save(path)
+    decoded = pipeline.decode_mask(tf.constant(str(path)))
+    np.testing.assert_array_equal(decoded.numpy()[..., 0], expected)
+
+
+def test_rgb_jpeg_mask_is_binarised(tmp_path):
+    mask = np.zeros((32, 32, 3), np.uint8)
+    mask[:, 16:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.jpg", quality=70)
+    decoded = pipeline.decode_mask(tf.constant(str(tmp_path / "mask.jpg"))).numpy()[..., 0]
+    assert set(np.unique(decoded)) == {0, 1}
+    assert decoded[:, :14].sum() == 0 and decoded[:, 18:].min() == 1
+
+
+def test_parallelism_derives_from_cpus_and_replicas(monkeypatch):
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 16)
+    assert pipeline.pipeline_parallelism(_data_config(), local_replicas=8) == (16, 16)
+    overridden = _data_config(num_parallel_calls=3, prefetch_batches=5)
+    assert pipeline.pipeline_parallelism(overridden, local_replicas=8) == (3, 5)
+
+
+def test_weighted_validation_pads_every_pipeline_to_equal_full_batches(frame):
+    config = _data_config(batch_size=8)  # 2 pipelines x 2 replicas: per-replica batch 2
+    batch_counts, real = [], []
+    for pipeline_id in range(2):
+        context = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=pipeline_id, num_replicas_in_sync=4
+        )
+        batches = list(
+            pipeline.make_dataset(frame, config, context, training=False, with_weights=True)
+        )
+        batch_counts.append(len(batches))
+        assert all(b[0].shape[0] == 2 for b in batches)
+        real.append(int(sum(float(tf.reduce_sum(b[2])) for b in batches)))
+    # 6 files per pipeline, 4 examples per step on each: 2 steps, 8 examples, 2 of them padding.
+    assert batch_counts == [4, 4] and real == [6, 6]
