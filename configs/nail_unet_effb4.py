@@ -54,6 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.log_every = 50  # steps between train records in metrics.jsonl.
     config.train.keep_checkpoints = 3  # most recent checkpoints kept on disk.
     config.train.seed = 0  # model init, data order and augmentation.
+    config.train.max_bad_steps = 50  # consecutive non-finite steps before stopping; 0 = never.
 
     config.log = ml_collections.ConfigDict()
     config.log.wandb = False  # log to Weights & Biases (offline unless logged in).

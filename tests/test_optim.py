@@ -350,9 +350,10 @@ def test_schedule_without_warmup_starts_at_the_peak():
     ],
 )
 def test_create_optimizer_for_each_name(name, cls):
-    optimizer = optim.create_optimizer(
+    wrapper = optim.create_optimizer(
         _train_config(optimizer=name, weight_decay=1e-4, momentum=0.8), total_steps=100
     )
+    optimizer = wrapper.inner_optimizer
     assert type(optimizer) is cls
     assert optimizer.weight_decay == pytest.approx(1e-4)
     assert optim.learning_rate_at(optimizer, 10) == pytest.approx(1e-3)
@@ -364,16 +365,19 @@ def test_create_optimizer_for_each_name(name, cls):
 
 def test_create_optimizer_without_weight_decay():
     optimizer = optim.create_optimizer(_train_config(optimizer="adam"), total_steps=100)
-    assert optimizer.weight_decay is None  # Keras would otherwise assign var -= 0 each step
+    assert (
+        optimizer.inner_optimizer.weight_decay is None
+    )  # Keras would otherwise assign var -= 0 each step
 
 
-@pytest.mark.parametrize("precision, wrapped", [("mixed_float16", True), ("mixed_bfloat16", False)])
-def test_loss_scaling_only_for_float16(precision, wrapped):
+@pytest.mark.parametrize(
+    "precision, scale", [("mixed_float16", 2.0**15), ("mixed_bfloat16", 1.0), ("float32", 1.0)]
+)
+def test_loss_scaling_only_for_float16_and_finite_guard_for_all(precision, scale):
     optimizer = optim.create_optimizer(_train_config(precision=precision), total_steps=100)
-    is_wrapped = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
-    assert is_wrapped == wrapped
-    inner = optimizer.inner_optimizer if wrapped else optimizer
-    assert isinstance(inner, optim.RectifiedAdam)
+    assert isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+    assert float(optimizer.loss_scale) == scale
+    assert isinstance(optimizer.inner_optimizer, optim.RectifiedAdam)
     assert optim.learning_rate_at(optimizer, 5) == pytest.approx(5e-4)
 
 

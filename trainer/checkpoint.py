@@ -17,6 +17,8 @@ import tempfile
 import tensorflow as tf
 from absl import logging
 
+from trainer.errors import UserError
+
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
 
@@ -50,14 +52,31 @@ class TrainingState:
         self._step = step
 
     def restore(self) -> int:
-        """Restores the latest checkpoint if there is one; returns the step reached."""
-        latest = self.manager.latest_checkpoint
-        if latest is None:
-            return 0
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
-        step = int(self._step.numpy())
-        logging.info("Resumed from checkpoint at step %d", step)
-        return step
+        """Restores the latest readable checkpoint; returns the step reached (0 if none).
+
+        A checkpoint whose files were damaged after it was written (a full disk,
+        a partial copy) is passed over for the one before it, with a warning.
+
+        Raises:
+            UserError: when checkpoints exist and none of them can be read.
+        """
+        candidates = list(reversed(self.manager.checkpoints))
+        for path in candidates:
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            # A damaged file fails in many ways (OpError, IndexError from the reader, ...).
+            except Exception as error:  # noqa: BLE001
+                logging.warning("Cannot restore %s (%s); trying an older one", path, error)
+                continue
+            step = int(self._step.numpy())
+            logging.info("Resumed from checkpoint at step %d", step)
+            return step
+        if candidates:
+            raise UserError(
+                f"no checkpoint in {self._directory} can be restored; use --overwrite to start "
+                "over, or another --workdir"
+            )
+        return 0
 
     def save(self, *, force: bool = False) -> str | None:
         """Saves if `every_steps` have passed since the last save (always if force)."""
@@ -113,3 +132,57 @@ def load_best_weights(workdir: str, model: tf.keras.Model) -> dict | None:
 
 def _plain(results: dict) -> dict:
     return {k: (float(v) if isinstance(v, float) else v) for k, v in results.items()}
+
+
+# Config fields that shape the checkpointed variables: a run with other values
+# cannot restore the checkpoints of the work directory.
+STATE_FIELDS = (
+    ("model", "arch"),
+    ("model", "backbone"),
+    ("model", "decoder_filters"),
+    ("train", "optimizer"),
+    ("train", "precision"),
+)
+RUN_FILES = (
+    "checkpoints",
+    BEST_DIR,
+    "export",
+    "tb",
+    "samples",
+    "metrics.jsonl",
+    "config.json",
+    "curves.png",
+)
+
+
+def check_workdir(workdir: str, config, *, overwrite: bool) -> None:
+    """Refuses a work directory holding a run whose state the config cannot restore.
+
+    With `overwrite`, the previous run's files are removed instead.
+
+    Raises:
+        UserError: when the stored config differs in a field of STATE_FIELDS.
+    """
+    stored_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(stored_path):
+        return
+    if overwrite:
+        for name in RUN_FILES:
+            path = os.path.join(workdir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+        logging.info("--overwrite: removed the previous run in %s", workdir)
+        return
+    with open(stored_path) as f:
+        stored = json.load(f)
+    for group, field in STATE_FIELDS:
+        old, new = stored.get(group, {}).get(field), config[group][field]
+        if isinstance(new, tuple):
+            old = tuple(old) if old is not None else None
+        if old != new:
+            raise UserError(
+                f"--workdir={workdir} holds a run with {group}.{field}={old!r}, which cannot "
+                f"resume as {new!r}; use another --workdir, or --overwrite to start over"
+            )

@@ -36,26 +36,38 @@ def make_train_fn(
 ):
     """Returns `train_fn(iterator, num_steps) -> dict` running num_steps steps in one call.
 
-    The dict holds the mean loss over the steps, the summed confusion counts
-    `tp`, `fp`, `fn` of the training batches, and `finite_steps` (steps whose
-    loss was finite).
+    `optimizer` is a LossScaleOptimizer (see `optim.create_optimizer`), which
+    skips steps with non-finite gradients. The dict holds the mean loss over the
+    finite steps, `finite_steps` (steps whose loss and gradients were finite on
+    every replica: the applied ones), and the summed confusion counts `tp`,
+    `fp`, `fn` of the training batches.
     """
-    scales_loss = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
 
     def replica_step(images, masks):
+        # Batch norm updates its moving statistics in the forward pass; a skipped
+        # step must not leave NaN statistics behind.
+        statistics_before = [tf.identity(v) for v in model.non_trainable_variables]
         with tf.GradientTape() as tape:
             probabilities = model(images, training=True)
             per_example_loss = losses.dice_focal(masks, probabilities)
             loss = tf.nn.compute_average_loss(per_example_loss, global_batch_size=global_batch_size)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-            scaled_loss = optimizer.get_scaled_loss(loss) if scales_loss else loss
+            scaled_loss = optimizer.get_scaled_loss(loss)
         gradients = tape.gradient(scaled_loss, model.trainable_variables)
-        if scales_loss:
-            gradients = optimizer.get_unscaled_gradients(gradients)
+        gradients = optimizer.get_unscaled_gradients(gradients)
+        # The loss-scale optimizer skips the step if any replica's gradient is not finite.
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        is_bad = tf.logical_not(
+            tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients + [loss]])
+        )
+        bad_anywhere = tf.distribute.get_replica_context().all_reduce(
+            _SUM, tf.cast(is_bad, tf.int32)
+        )
+        for variable, before in zip(model.non_trainable_variables, statistics_before):
+            variable.assign(tf.where(bad_anywhere > 0, before, variable))
         tp, fp, fn = metrics.confusion_sums(masks, probabilities)
-        return loss, tp, fp, fn
+        return loss, tf.cast(is_bad, tf.int32), tp, fp, fn
 
     if jit_compile:
         replica_step = tf.function(replica_step, jit_compile=True)
@@ -66,9 +78,9 @@ def make_train_fn(
         finite_steps = tf.constant(0, tf.int64)
         counts = [tf.constant(0, tf.int64)] * 3
         for _ in tf.range(num_steps):
-            loss, *step_counts = strategy.run(replica_step, args=next(iterator))
+            loss, bad_replicas, *step_counts = strategy.run(replica_step, args=next(iterator))
             loss = strategy.reduce(_SUM, loss, axis=None)
-            is_finite = tf.math.is_finite(loss)
+            is_finite = strategy.reduce(_SUM, bad_replicas, axis=None) == 0
             loss_sum += tf.where(is_finite, loss, 0.0)
             finite_steps += tf.cast(is_finite, tf.int64)
             counts = [

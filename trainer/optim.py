@@ -292,9 +292,14 @@ def create_optimizer(train_config, total_steps):
     """Builds the optimizer the config's `train` group asks for, with its schedule.
 
     `weight_decay` means tfa's coupled decay for 'radam' and Keras' decoupled decay
-    (`var -= lr * weight_decay * var`) for the others. Under 'mixed_float16' the
-    optimizer is wrapped in a dynamic `LossScaleOptimizer`; 'mixed_bfloat16' needs no
-    loss scaling.
+    (`var -= lr * weight_decay * var`) for the others.
+
+    The optimizer is always wrapped in a dynamic `LossScaleOptimizer`: under
+    'mixed_float16' it scales the loss (from 2**15) so that float16 gradients do
+    not underflow; under 'float32' and 'mixed_bfloat16', which need no scaling,
+    it starts at a scale of 1. In every precision it skips steps whose
+    gradients are not finite, so that one bad batch cannot poison the weights
+    (scales are powers of two: scaling and unscaling are exact).
 
     Args:
       train_config: the config's `train` group; reads `optimizer`
@@ -303,7 +308,7 @@ def create_optimizer(train_config, total_steps):
       total_steps: number of optimizer steps of the whole run.
 
     Returns:
-      A `tf.keras.optimizers.Optimizer`, possibly a `LossScaleOptimizer`. Create it
+      A `tf.keras.mixed_precision.LossScaleOptimizer` around the optimizer. Create it
       under the strategy's scope so that its variables are distributed.
 
     Raises:
@@ -326,9 +331,8 @@ def create_optimizer(train_config, total_steps):
         optimizer = tf.keras.optimizers.SGD(
             schedule, momentum=float(train_config.momentum), weight_decay=weight_decay
         )
-    if train_config.precision == "mixed_float16":
-        optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
-    return optimizer
+    initial_scale = 2.0**15 if train_config.precision == "mixed_float16" else 1.0
+    return tf.keras.mixed_precision.LossScaleOptimizer(optimizer, initial_scale=initial_scale)
 
 
 def learning_rate_at(optimizer, step=None):

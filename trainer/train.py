@@ -17,7 +17,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from trainer import checkpoint, distribute, loop, metrics, optim, report, serving
+from trainer import checkpoint, distribute, loop, metrics, optim, preemption, report, serving
 from trainer import model as model_lib
 from trainer.data import manifest, pipeline
 from trainer.errors import UserError, exit_on_user_error
@@ -29,6 +29,7 @@ flags.DEFINE_string("data_root", None, "Data set folder (Images/ + Masks/, or tr
 flags.DEFINE_enum("strategy", "one_device", distribute.STRATEGIES, "tf.distribute strategy.")
 flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu ('local' on a TPU VM).")
 flags.DEFINE_integer("num_cpu_devices", 1, "Split the host CPU into N logical devices.")
+flags.DEFINE_bool("overwrite", False, "Delete a previous run in --workdir instead of resuming it.")
 flags.mark_flags_as_required(["config", "workdir", "data_root"])
 
 
@@ -99,9 +100,8 @@ def main(argv):
     )
     plan = run_plan(config, len(train_rows), num_replicas)
     _log_summary(config, plan, train_rows, valid_rows)
-    os.makedirs(workdir, exist_ok=True)
     if is_chief:
-        write_config(workdir, config, plan)
+        checkpoint.check_workdir(workdir, config, overwrite=FLAGS.overwrite)
 
     # --- Model, optimizer, state ------------------------------------------------
     tf.keras.utils.set_random_seed(config.train.seed)
@@ -124,6 +124,8 @@ def main(argv):
         )
         start_step = state.restore()
     logging.info("Model %s: %s weights", model.name, f"{model_lib.count_parameters(model):,}")
+    if is_chief:
+        write_config(workdir, config, plan)
 
     # Resume order: restore the step first, then start the data stream after the
     # examples that step has consumed (file names only are skipped, nothing decoded).
@@ -168,7 +170,9 @@ def main(argv):
     total_steps = plan["total_steps"]
     progress = _Progress(start_step, total_steps)
     window = _TrainWindow()
-    while int(step.numpy()) < total_steps:
+    divergence = _DivergenceGuard(config.train.max_bad_steps)
+    stop = preemption.StopRequest().install()
+    while int(step.numpy()) < total_steps and not stop.requested:
         current = int(step.numpy())
         num_steps = steps_until_event(current, plan, config.train.steps_per_execution)
         started = time.perf_counter()
@@ -176,6 +180,7 @@ def main(argv):
         window.add(logs, num_steps * plan["global_batch_size"], time.perf_counter() - started)
         current = int(step.numpy())
         progress.update(current, window.loss, window.images_per_sec)
+        divergence.check(current, num_steps, int(logs["finite_steps"]), state)
 
         if is_due(current, plan["log_every"], total_steps):
             writer.write(current, "train", window.summary())
@@ -190,11 +195,58 @@ def main(argv):
         state.save()
     state.save(force=True)
     progress.close()
+    stop.uninstall()
+    if stop.requested:
+        message = (
+            f"Stopped by {stop.signal_name} at step {int(step.numpy())}; the checkpoint is "
+            f"saved: run the same command again to resume"
+        )
+        logging.warning("%s", message)
+        print(message, flush=True)
+        writer.close()
+        return
 
     # --- Results ---------------------------------------------------------------
     if is_chief:
         _finish(workdir, model, writer)
     writer.close()
+
+
+class _DivergenceGuard:
+    """Stops the run after too many consecutive steps with a non-finite loss or gradient.
+
+    Such steps are skipped (weights unchanged), so the checkpoints stay good; a
+    run that keeps producing them has diverged and burns compute for nothing.
+    """
+
+    def __init__(self, max_bad_steps: int):
+        self._max_bad_steps = max_bad_steps
+        self._bad_in_a_row = 0
+        self._first_bad_step = None
+
+    def check(self, step: int, num_steps: int, finite_steps: int, state) -> None:
+        if finite_steps == num_steps:
+            self._bad_in_a_row, self._first_bad_step = 0, None
+            return
+        # Steps of one call are not told apart: count the call's bad steps as the latest.
+        if finite_steps:
+            self._bad_in_a_row = 0
+        if self._first_bad_step is None or finite_steps:
+            self._first_bad_step = step - (num_steps - finite_steps) + 1
+        self._bad_in_a_row += num_steps - finite_steps
+        logging.warning(
+            "Non-finite loss or gradients: %d step(s) skipped up to step %d",
+            num_steps - finite_steps,
+            step,
+        )
+        if self._max_bad_steps and self._bad_in_a_row >= self._max_bad_steps:
+            latest = state.manager.latest_checkpoint
+            raise UserError(
+                f"training diverged: {self._bad_in_a_row} steps in a row from step "
+                f"{self._first_bad_step} had a non-finite loss or gradients (all skipped); the "
+                f"last good checkpoint is {latest or 'none'}; lower --config.train.learning_rate "
+                "or use float32, then resume"
+            )
 
 
 def _record_evaluation(workdir, model, state, writer, step, results, is_chief):
