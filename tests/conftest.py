@@ -1,8 +1,8 @@
 """Shared pytest fixtures."""
 
-import pytest
-
 from trainer.data import synthetic
+
+import pytest
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,12 @@
 
 import json
 
-import pytest
-import tensorflow as tf
-
 import trainer  # noqa: F401
 from trainer import distribute
 from trainer.errors import UserError
+
+import pytest
+import tensorflow as tf
 
 
 def test_one_device_strategy_has_one_replica():

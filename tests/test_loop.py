@@ -1,13 +1,14 @@
 """The train step: applied steps move the weights, non-finite steps leave the model as it was."""
 
+import trainer  # noqa: F401
+from trainer import loop, optim
+from trainer import model as model_lib
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import trainer  # noqa: F401
 from configs import demo_cpu
-from trainer import loop, optim
-from trainer import model as model_lib
 
 SIZE_PX = 64
 

@@ -11,12 +11,12 @@ import textwrap
 import trainer  # noqa: F401  (selects tf-keras before TensorFlow loads)
 
 # isort: split
+from trainer import losses
+
 import numpy as np
 import pytest
 import segmentation_models as sm
 import tensorflow as tf
-
-from trainer import losses
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOOTH = 1e-5

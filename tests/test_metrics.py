@@ -8,12 +8,12 @@ That the sums are the same on 1 and 2 replicas is checked, together with the los
 import trainer  # noqa: F401  (selects tf-keras before TensorFlow loads)
 
 # isort: split
+from trainer import metrics
+
 import numpy as np
 import pytest
 import segmentation_models as sm
 import tensorflow as tf
-
-from trainer import metrics
 
 
 def _mask(rows):

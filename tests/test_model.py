@@ -1,13 +1,14 @@
 """Model building: architectures, float32 output, weights files, bad choices."""
 
+import trainer  # noqa: F401
+from trainer import model as model_lib
+from trainer.errors import UserError
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import trainer  # noqa: F401
 from configs import demo_cpu
-from trainer import model as model_lib
-from trainer.errors import UserError
 
 
 def _model_config(**overrides):

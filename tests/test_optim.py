@@ -11,13 +11,13 @@ import textwrap
 import trainer  # noqa: F401  (selects tf-keras before TensorFlow loads)
 
 # isort: split
+from trainer import optim
+from trainer.errors import UserError
+
 import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from trainer import optim
-from trainer.errors import UserError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

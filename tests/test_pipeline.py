@@ -1,14 +1,15 @@
 """The tf.data pipeline: shapes, mask decoding, sharding, balance and resume."""
 
+import trainer  # noqa: F401
+from trainer.data import pipeline
+
 import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-import trainer  # noqa: F401
 from configs import demo_cpu
-from trainer.data import pipeline
 
 
 def _data_config(**overrides):

@@ -37,9 +37,9 @@ def _wait_for(path, process, timeout_s=300):
 
 
 def _final_weights(workdir):
-    import tensorflow as tf
-
     import trainer  # noqa: F401
+
+    import tensorflow as tf
 
     reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
     names = [n for n in reader.get_variable_to_shape_map() if n.startswith("model/")]

@@ -4,12 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from trainer.data import synthetic
+from trainer.errors import UserError
+
 import cv2
 import numpy as np
 import pytest
-
-from trainer.data import synthetic
-from trainer.errors import UserError
 
 
 def _files(root):

@@ -83,10 +83,10 @@ def test_restart_resumes_from_the_checkpoint_without_duplicate_records(trained):
 
 
 def test_exported_saved_model_predicts_masks(trained):
+    import trainer  # noqa: F401
+
     import numpy as np
     import tensorflow as tf
-
-    import trainer  # noqa: F401
 
     loaded = tf.saved_model.load(os.path.join(trained[0], "export"))
     outputs = loaded.signatures["serving_default"](

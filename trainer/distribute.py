@@ -9,10 +9,10 @@ tpu                    a Cloud TPU (--tpu=NAME, or 'local' on a TPU VM)
 import json
 import os
 
+from trainer.errors import UserError
+
 import tensorflow as tf
 from absl import logging
-
-from trainer.errors import UserError
 
 STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "tpu")
 

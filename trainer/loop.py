@@ -7,9 +7,9 @@ apply (the optimizer all-reduces; a loss-scale optimizer skips non-finite
 steps), and exact confusion sums for the metrics.
 """
 
-import tensorflow as tf
-
 from trainer import losses, metrics
+
+import tensorflow as tf
 
 _SUM = tf.distribute.ReduceOp.SUM
 

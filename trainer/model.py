@@ -8,12 +8,12 @@ replica, rebuilds batch norm as synchronised batch norm.
 
 import os
 
+from trainer.errors import UserError
+
 import ml_collections
 import segmentation_models as sm
 import tensorflow as tf
 from absl import logging
-
-from trainer.errors import UserError
 
 ARCHITECTURES = {"unet": sm.Unet, "fpn": sm.FPN, "linknet": sm.Linknet, "pspnet": sm.PSPNet}
 # Input side must be a multiple of this: five /2 stages, PSPNet pools to 6x6 at /8.

@@ -13,9 +13,9 @@ meaning are those of `tfa.optimizers.RectifiedAdam`, so configs written for it c
 """
 
 # isort: split
-import tensorflow as tf
-
 from trainer.errors import UserError
+
+import tensorflow as tf
 
 OPTIMIZERS = ("radam", "adam", "adamw", "sgd")
 LR_SCHEDULES = ("cosine", "constant")

@@ -8,10 +8,10 @@ groups 1..4 (see `trainer.data.synthetic`). The same flags give the same bytes.
 
 import sys
 
-from absl import app, flags, logging
-
 from trainer.data import synthetic
 from trainer.errors import UserError
+
+from absl import app, flags, logging
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder to write the data set into.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 400, "Number of image/mask pairs.")

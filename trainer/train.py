@@ -12,15 +12,15 @@ import os
 import sys
 import time
 
-import ml_collections
-import tensorflow as tf
-from absl import app, flags, logging
-from ml_collections import config_flags
-
 from trainer import checkpoint, distribute, loop, metrics, optim, preemption, report, serving
 from trainer import model as model_lib
 from trainer.data import manifest, pipeline
 from trainer.errors import UserError, exit_on_user_error
+
+import ml_collections
+import tensorflow as tf
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py).", lock_config=True)

@@ -16,13 +16,13 @@ Only file names are ever shuffled: a buffer of decoded photos (the seed's
 
 import os
 
+from trainer.data import augment
+
 import ml_collections
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 from absl import logging
-
-from trainer.data import augment
 
 _BINARY_THRESHOLD = 127  # masks saved as 0/255 images; JPEG noise lands on either side.
 

@@ -19,10 +19,10 @@ import dataclasses
 import os
 from pathlib import Path
 
+from trainer.errors import UserError
+
 import cv2
 import numpy as np
-
-from trainer.errors import UserError
 
 GROUPS = (1, 2, 3, 4)
 # Unequal on purpose: balanced sampling across groups has to matter.

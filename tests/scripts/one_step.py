@@ -1,0 +1,51 @@
+"""One training step on N logical CPU replicas; saves the updated weights (test helper).
+
+python tests/scripts/one_step.py NUM_REPLICAS OUTPUT.npz
+"""
+
+import sys
+
+import trainer  # noqa: F401
+from trainer import distribute, loop, optim
+from trainer import model as model_lib
+
+import numpy as np
+import tensorflow as tf
+
+from configs import demo_cpu
+
+GLOBAL_BATCH = 8
+SIZE_PX = 64
+
+
+def main(num_replicas: int, output: str) -> None:
+    distribute.configure_cpu_devices(num_replicas)
+    strategy = distribute.make_strategy("mirrored" if num_replicas > 1 else "one_device")
+    config = demo_cpu.get_config()
+    config.model.decoder_filters = (32, 16, 16, 8, 8)
+    config.model.sync_batchnorm = True  # same layers on 1 and N replicas
+    config.train.optimizer = "sgd"
+    config.train.learning_rate = 0.1
+    config.train.warmup_steps = 0
+    tf.keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = model_lib.build_model(config.model, image_size=SIZE_PX, num_replicas=num_replicas)
+        optimizer = optim.create_optimizer(config.train, total_steps=10)
+        step = loop.create_step_counter()
+    rng = np.random.default_rng(1)
+    images = rng.random((GLOBAL_BATCH, SIZE_PX, SIZE_PX, 3), dtype=np.float32)
+    masks = (rng.random((GLOBAL_BATCH, SIZE_PX, SIZE_PX, 1)) > 0.7).astype(np.float32)
+    dataset = tf.data.Dataset.from_tensors((images, masks)).repeat().unbatch()
+    dataset = dataset.batch(GLOBAL_BATCH // num_replicas)
+
+    def dataset_fn(_):
+        return dataset
+
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    train_fn = loop.make_train_fn(model, optimizer, step, strategy, global_batch_size=GLOBAL_BATCH)
+    logs = train_fn(iterator, tf.constant(1))
+    np.savez(output, *[w.numpy() for w in model.weights], loss=float(logs["loss"]))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), sys.argv[2])
