@@ -38,3 +38,9 @@ def test_unusable_strategies_are_user_errors(monkeypatch, name, tf_config, messa
         monkeypatch.setenv("TF_CONFIG", tf_config)
     with pytest.raises(UserError, match=message):
         distribute.make_strategy(name)
+
+
+def test_tpu_strategy_without_a_tpu_is_a_user_error():
+    # Builds everything up to the resolver; the TPU system itself exists only on Cloud TPU.
+    with pytest.raises(UserError, match="--strategy=tpu could not reach the TPU 'local'"):
+        distribute.make_strategy("tpu", tpu="local")

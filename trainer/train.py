@@ -16,6 +16,7 @@ from trainer import checkpoint, distribute, loop, metrics, optim, preemption, re
 from trainer import model as model_lib
 from trainer.data import manifest, pipeline
 from trainer.errors import UserError, exit_on_user_error
+from trainer.plan import adapt_to_tpu, is_due, run_plan, steps_until_event
 
 import ml_collections
 import tensorflow as tf
@@ -31,45 +32,6 @@ flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu ('local
 flags.DEFINE_integer("num_cpu_devices", 1, "Split the host CPU into N logical devices.")
 flags.DEFINE_bool("overwrite", False, "Delete a previous run in --workdir instead of resuming it.")
 flags.mark_flags_as_required(["config", "workdir", "data_root"])
-
-
-def run_plan(config: ml_collections.ConfigDict, num_train: int, num_replicas: int) -> dict:
-    """Derives the step counts of the run from the config and the data size."""
-    global_batch_size = config.data.batch_size
-    if global_batch_size % num_replicas:
-        raise UserError(
-            f"--config.data.batch_size={global_batch_size} does not divide over "
-            f"{num_replicas} replicas; use a multiple of {num_replicas}"
-        )
-    steps_per_epoch = max(1, num_train // global_batch_size)
-    total_steps = config.train.steps or config.train.epochs * steps_per_epoch
-    if total_steps <= 0:
-        raise UserError("set --config.train.steps or --config.train.epochs to a positive number")
-    eval_every = config.train.eval_every or steps_per_epoch
-    return {
-        "num_replicas": num_replicas,
-        "global_batch_size": global_batch_size,
-        "per_replica_batch_size": global_batch_size // num_replicas,
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps,
-        "eval_every": eval_every,
-        "checkpoint_every": config.train.checkpoint_every or eval_every,
-        "log_every": config.train.log_every or eval_every,
-    }
-
-
-def steps_until_event(step: int, plan: dict, steps_per_execution: int) -> int:
-    """Steps to run in the next call: up to steps_per_execution, stopping at any event."""
-    boundaries = [plan["total_steps"]]
-    for key in ("eval_every", "checkpoint_every", "log_every"):
-        every = plan[key]
-        boundaries.append((step // every + 1) * every)
-    return max(1, min(min(boundaries) - step, steps_per_execution))
-
-
-def is_due(step: int, every: int, total_steps: int) -> bool:
-    """True at multiples of `every` and at the last step."""
-    return step % every == 0 or step == total_steps
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict, plan: dict) -> None:
@@ -92,6 +54,8 @@ def main(argv):
     distribute.describe(strategy)
     is_chief = distribute.is_chief(strategy)
     num_replicas = strategy.num_replicas_in_sync
+    if FLAGS.strategy == "tpu":
+        adapt_to_tpu(config)
     model_lib.check_model_config(config.model, config.data.image_size)
 
     # --- Data -----------------------------------------------------------------
