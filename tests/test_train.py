@@ -22,9 +22,11 @@ TINY = [
 
 def run_trainer(*args, check=True):
     """Runs `python -m trainer.train` and returns the finished process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     process = subprocess.run(
         [sys.executable, "-m", "trainer.train", *args],
         cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,
@@ -44,7 +46,7 @@ def trained(synthetic_root, tmp_path_factory):
     """A workdir trained 4 steps on one device, then resumed to 6."""
     workdir = str(tmp_path_factory.mktemp("run") / "workdir")
     common = [*TINY, f"--data_root={synthetic_root}", f"--workdir={workdir}"]
-    first = run_trainer(*common, "--config.train.steps=4")
+    first = run_trainer(*common, "--config.train.steps=4", "--config.log.wandb=True")
     second = run_trainer(*common, "--config.train.steps=6")
     return workdir, first, second
 
@@ -62,6 +64,13 @@ def test_training_writes_the_work_directory_contract(trained):
         assert os.path.exists(os.path.join(workdir, name)), name
     assert "Training done: best valid IoU" in first.stdout
     assert os.path.abspath(workdir) in first.stdout
+
+
+def test_wandb_logs_offline_when_not_logged_in(trained):
+    workdir, first, _ = trained
+    assert "wandb: offline run" in first.stderr
+    runs = os.listdir(os.path.join(workdir, "wandb"))
+    assert any(name.startswith("offline-run-") for name in runs), runs
 
 
 def test_metrics_records_have_the_contract_fields(trained):
