@@ -147,7 +147,9 @@ def main(argv):
         divergence.check(current, num_steps, int(logs["finite_steps"]), state)
 
         if is_due(current, plan["log_every"], total_steps):
-            writer.write(current, "train", window.summary())
+            summary = window.summary()
+            writer.write(current, "train", summary)
+            progress.log_train(current, summary)
             window = _TrainWindow()
         if is_due(current, plan["eval_every"], total_steps):
             results = loop.evaluate(eval_fn, valid_dataset)
@@ -315,12 +317,25 @@ class _Progress:
 
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
         self._last = start_step
+        self._total_steps = total_steps
 
     def update(self, step, loss, images_per_sec):
         if self._bar is not None:
             self._bar.update(step - self._last)
             self._bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_sec:.1f}")
         self._last = step
+
+    def log_train(self, step, summary):
+        """A train line in the log when there is no bar to show it."""
+        if self._bar is None:
+            logging.info(
+                "step %d/%d: train loss %.4f IoU %.4f, %.1f images/s",
+                step,
+                self._total_steps,
+                summary["loss"],
+                summary["iou"],
+                summary["images_per_sec"],
+            )
 
     def note(self, message):
         if self._bar is not None:
