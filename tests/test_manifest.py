@@ -4,13 +4,13 @@ import os
 import shutil
 from pathlib import Path
 
+from trainer.data import manifest
+from trainer.errors import UserError
+
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-
-from trainer.data import manifest
-from trainer.errors import UserError
 
 
 def _image(path: Path, size=(8, 6), *, value=None, mode="RGB") -> Path:
@@ -30,6 +30,11 @@ def _image(path: Path, size=(8, 6), *, value=None, mode="RGB") -> Path:
 def _pair(root: Path, image: str, mask: str, **mask_kwargs) -> None:
     _image(root / image)
     _image(root / mask, mode="L", **mask_kwargs)
+
+
+def _copy_images_and_masks(source: Path, root: Path) -> None:
+    """Copies a data set without its manifests: other tests may have prepared the shared one."""
+    shutil.copytree(source, root, ignore=shutil.ignore_patterns("csv_file"))
 
 
 def _names(frame: pd.DataFrame, column="images") -> list[str]:
@@ -68,11 +73,35 @@ def test_scan_reports_orphans_and_ignores_other_files(tmp_path):
     _image(tmp_path / "Images/1/.hidden.png")
     result = manifest.scan(tmp_path)
     assert _names(result.pairs) == ["a.png"]
-    orphans = {Path(p.path).relative_to(tmp_path).as_posix(): p for p in result.problems}
-    assert set(orphans) == {"Images/1/lonely.png", "Masks/1/stray.png", "Masks/2/a.png"}
-    assert "no mask" in orphans["Images/1/lonely.png"].message
-    assert "no image" in orphans["Masks/1/stray.png"].message
-    assert all(p.severity == "error" for p in result.problems)
+    found = {Path(p.path).relative_to(tmp_path).as_posix(): p for p in result.problems}
+    assert set(found) == {
+        "Images/1/lonely.png",
+        "Masks/1/stray.png",
+        "Masks/2/a.png",
+        "Images/1/notes.txt",
+    }
+    assert "no mask" in found["Images/1/lonely.png"].message
+    assert "no image" in found["Masks/1/stray.png"].message
+    assert found["Images/1/notes.txt"].severity == "note"
+    assert "ignored" in found["Images/1/notes.txt"].message
+    orphans = [p for p in result.problems if not p.path.endswith(".txt")]
+    assert all(p.severity == "error" for p in orphans)
+
+
+def test_scan_gives_each_mask_to_one_image(tmp_path):
+    # Masks saved into Images/ too: 'x_mask' keeps its exact stem, 'x' gets no second claim.
+    _pair(tmp_path, "Images/x.png", "Masks/x_mask.png")
+    _image(tmp_path / "Images/x_mask.png")
+    _pair(tmp_path, "Images/y.png", "Masks/y.png")
+    _image(tmp_path / "Masks/y_mask.png", mode="L")  # a second mask for y
+    result = manifest.scan(tmp_path)
+    assert _names(result.pairs) == ["x_mask.png", "y.png"]
+    assert _names(result.pairs, "masks") == ["x_mask.png", "y.png"]
+    messages = {Path(p.path).relative_to(tmp_path).as_posix(): p.message for p in result.problems}
+    assert messages == {
+        "Images/x.png": f"no mask {tmp_path}/Masks/x.* or x_mask.*",
+        "Masks/y_mask.png": "y.png pairs with y.png; ignored",
+    }
 
 
 def test_scan_train_valid_layout_with_and_without_groups(tmp_path):
@@ -97,9 +126,20 @@ def test_scan_train_only_is_split_by_fraction(tmp_path):
     for name in "abcde":
         _pair(tmp_path, f"Train/Images/{name}.png", f"Train/Masks/{name}.png")
     pairs = manifest.scan(tmp_path).pairs
-    assert set(pairs["split"]) == {""}
+    assert set(pairs["split"]) == {"train"}  # no pair in valid: valid is carved out of train
     train, valid = manifest.split_train_valid(pairs, valid_fraction=0.2)
     assert (len(train), len(valid)) == (4, 1)
+
+
+def test_scan_turns_permission_errors_into_user_errors(tmp_path, monkeypatch):
+    _pair(tmp_path, "Images/1/a.png", "Masks/1/a.png")
+
+    def unreadable(folder):
+        raise PermissionError(13, "Permission denied", str(folder))
+
+    monkeypatch.setattr(manifest, "_index_files", unreadable)
+    with pytest.raises(UserError, match=r"cannot read .*Images \(permission denied\)"):
+        manifest.scan(tmp_path)
 
 
 def test_scan_errors(tmp_path):
@@ -157,7 +197,7 @@ def test_split_rejects_bad_fraction(fraction):
 
 def test_prepare_writes_relative_paths_and_read_returns_absolute(synthetic_root, tmp_path):
     root = tmp_path / "data"
-    shutil.copytree(synthetic_root, root)
+    _copy_images_and_masks(synthetic_root, root)
     result = manifest.prepare(root)
     assert result.csv_dir == root / "csv_file"
     written = pd.read_csv(root / "csv_file/train.csv", dtype=str)
@@ -177,7 +217,7 @@ def test_prepare_writes_relative_paths_and_read_returns_absolute(synthetic_root,
 
 def test_read_manifests_prepares_when_missing(synthetic_root, tmp_path):
     root = tmp_path / "data"
-    shutil.copytree(synthetic_root, root)
+    _copy_images_and_masks(synthetic_root, root)
     train, valid = manifest.read_manifests(root, valid_fraction=0.25, seed=1)
     assert (root / "csv_file/train.csv").is_file()
     # Groups of 19, 12, 10, 7: 4.75, 3, 2.5, 1.75 rounded half up.
@@ -187,7 +227,7 @@ def test_read_manifests_prepares_when_missing(synthetic_root, tmp_path):
 def test_read_only_root_falls_back(synthetic_root, tmp_path):
     # A file where csv_file/ would go fails like a read-only mount does, even as root.
     root = tmp_path / "data"
-    shutil.copytree(synthetic_root, root)
+    _copy_images_and_masks(synthetic_root, root)
     (root / "csv_file").write_text("in the way")
     with pytest.raises(UserError, match="cannot write the manifests"):
         manifest.prepare(root)
@@ -201,7 +241,7 @@ def test_read_only_root_falls_back(synthetic_root, tmp_path):
 
 def test_read_only_root_falls_back_when_not_writable(synthetic_root, tmp_path, monkeypatch):
     root, workdir = tmp_path / "data", tmp_path / "work"
-    shutil.copytree(synthetic_root, root)
+    _copy_images_and_masks(synthetic_root, root)
     writable = manifest._is_writable_dir
     monkeypatch.setattr(manifest, "_is_writable_dir", lambda d: d.parent != root and writable(d))
     train, _ = manifest.read_manifests(root, fallback_dir=workdir)
@@ -211,7 +251,7 @@ def test_read_only_root_falls_back_when_not_writable(synthetic_root, tmp_path, m
 
 def test_missing_file_in_manifest_raises(synthetic_root, tmp_path):
     root = tmp_path / "data"
-    shutil.copytree(synthetic_root, root)
+    _copy_images_and_masks(synthetic_root, root)
     train, _ = manifest.read_manifests(root)
     Path(train["masks"].iloc[0]).unlink()
     with pytest.raises(UserError, match="train.csv.*do not exist.*delete .*csv_file"):
@@ -220,7 +260,7 @@ def test_missing_file_in_manifest_raises(synthetic_root, tmp_path):
 
 def test_empty_valid_split_raises(synthetic_root, tmp_path):
     root = tmp_path / "data"
-    shutil.copytree(synthetic_root, root)
+    _copy_images_and_masks(synthetic_root, root)
     train, _ = manifest.read_manifests(root)
     manifest.write_manifests(train, train.iloc[:0], root / "csv_file")
     with pytest.raises(UserError, match="valid.csv lists no pairs"):
@@ -230,7 +270,7 @@ def test_empty_valid_split_raises(synthetic_root, tmp_path):
 def test_prepare_rejects_an_empty_split(tmp_path):
     _pair(tmp_path, "Images/1/a.png", "Masks/1/a.png")
     _image(tmp_path / "Images/1/b.png")
-    with pytest.raises(UserError, match="valid split .* 1 pair.* 1 file.* unpaired"):
+    with pytest.raises(UserError, match="valid split .* 1 usable pair.* 1 pair.* skipped"):
         manifest.prepare(tmp_path)
     _pair(tmp_path, "valid/images/a.png", "valid/masks/a.png")
     (tmp_path / "train/images").mkdir(parents=True)
@@ -245,31 +285,67 @@ def test_read_manifests_missing_root(tmp_path):
         manifest.read_manifests(tmp_path / "nowhere")
 
 
-# ---------------------------------------------------------------- check_pairs
+# ---------------------------------------------------------------- unusable pairs
 
 
-def test_check_pairs_reports_by_severity(tmp_path):
-    _pair(tmp_path, "Images/1/good.png", "Masks/1/good.png")
-    _pair(tmp_path, "Images/1/empty.png", "Masks/1/empty.png", value=0)
-    _pair(tmp_path, "Images/1/full.png", "Masks/1/full.png", value=255)
-    _pair(tmp_path, "Images/1/labels.png", "Masks/1/labels.png", value=1)  # 0/1 label mask
-    _image(tmp_path / "Images/1/small.png")
-    _image(tmp_path / "Masks/1/small.png", (4, 3), mode="L")
-    _image(tmp_path / "Masks/1/corrupt.png", mode="L")
-    (tmp_path / "Images/1/corrupt.png").write_bytes(b"\x89PNG not really")
-    pairs = manifest.scan(tmp_path).pairs
-    found = {
-        (Path(p.path).relative_to(tmp_path).as_posix(), p.severity)
-        for p in manifest.check_pairs(pairs, max_workers=2)
+@pytest.fixture
+def damaged_root(synthetic_root, tmp_path):
+    """The synthetic set with one corrupt image, one rotated mask and one image without a mask."""
+    root = tmp_path / "data"
+    _copy_images_and_masks(synthetic_root, root)
+    (root / "Images/2/nail_00020.png").write_bytes(b"truncated")
+    _image(root / "Masks/2/nail_00030.png", (64, 32), mode="L")
+    (root / "Masks/1/nail_00001.png").unlink()
+    return root
+
+
+def test_prepare_leaves_out_unusable_pairs_and_writes_problems(damaged_root):
+    result = manifest.prepare(damaged_root)
+    kept = set(_names(pd.concat([result.train, result.valid])))
+    assert len(kept) == 45 and not kept & {"nail_00020.png", "nail_00030.png", "nail_00001.png"}
+    assert result.num_skipped == 3
+    assert result.problems_csv == damaged_root / "csv_file/problems.csv"
+    report = pd.read_csv(result.problems_csv, dtype=str)
+    assert list(report.columns) == ["path", "severity", "message"]
+    assert {Path(p).relative_to(damaged_root).as_posix() for p in report["path"]} == {
+        "Images/2/nail_00020.png",
+        "Masks/2/nail_00030.png",
+        "Images/1/nail_00001.png",
     }
-    assert found == {
-        ("Images/1/corrupt.png", "error"),
-        ("Masks/1/small.png", "warning"),
-        ("Masks/1/empty.png", "note"),
-        ("Masks/1/full.png", "note"),
-        ("Masks/1/labels.png", "note"),
-    }
+    assert set(report["severity"]) == {"error"}
 
 
-def test_check_pairs_clean_data_set(synthetic_root):
-    assert manifest.check_pairs(manifest.scan(synthetic_root).pairs) == []
+def test_read_manifests_logs_one_line_for_the_skipped(damaged_root, caplog):
+    caplog.set_level("INFO")
+    train, valid = manifest.read_manifests(damaged_root)
+    assert len(train) + len(valid) == 45
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    report = damaged_root / "csv_file/problems.csv"
+    assert warnings == [f"Skipped 3 unusable image/mask pairs; the list is in {report}"]
+
+
+def test_read_manifests_is_silent_when_nothing_is_skipped(synthetic_root, tmp_path, caplog):
+    root = tmp_path / "data"
+    _copy_images_and_masks(synthetic_root, root)
+    manifest.read_manifests(root)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(pd.read_csv(root / "csv_file/problems.csv")) == 0
+
+
+def test_existing_manifests_are_read_without_a_new_check(damaged_root, monkeypatch):
+    manifest.read_manifests(damaged_root)
+    monkeypatch.setattr(manifest.check, "check_pairs", lambda *a, **k: pytest.fail("rechecked"))
+    train, valid = manifest.read_manifests(damaged_root)
+    assert len(train) + len(valid) == 45
+
+
+def test_nothing_usable_left_is_a_user_error(tmp_path):
+    for name in "ab":
+        (tmp_path / f"Images/{name}.png").parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f"Images/{name}.png").write_bytes(b"not an image")
+        _image(tmp_path / f"Masks/{name}.png", mode="L")
+    report = tmp_path / "csv_file/problems.csv"
+    with pytest.raises(UserError, match=f"0 usable pair.* 2 pair.* skipped .*{report}"):
+        manifest.read_manifests(tmp_path)
+    assert len(pd.read_csv(report)) == 2
+    assert not (tmp_path / "csv_file/train.csv").exists()

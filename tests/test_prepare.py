@@ -5,9 +5,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 _REPO = Path(__file__).parents[1]
+
+
+def _copy_images_and_masks(source: Path, root: Path) -> None:
+    """Copies a data set without its manifests: other tests may have prepared the shared one."""
+    shutil.copytree(source, root, ignore=shutil.ignore_patterns("csv_file"))
 
 
 def _prepare(*flags: str) -> subprocess.CompletedProcess:
@@ -18,7 +25,7 @@ def _prepare(*flags: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def data_root(synthetic_root, tmp_path):
     root = tmp_path / "data"
-    shutil.copytree(synthetic_root, root)
+    _copy_images_and_masks(synthetic_root, root)
     return root
 
 
@@ -27,31 +34,69 @@ def test_writes_manifests_and_logs_counts(data_root):
     assert completed.returncode == 0, completed.stderr
     assert (data_root / "csv_file/train.csv").is_file()
     assert (data_root / "csv_file/valid.csv").is_file()
+    assert (data_root / "csv_file/problems.csv").read_text() == '"path","severity","message"\n'
     assert "valid: 9 pairs" in completed.stderr  # 3.8 + 2.4 + 2 + 1.4, each rounded
+    assert "0 problem(s)" in completed.stderr and "Skipped" not in completed.stderr
 
 
-@pytest.fixture
-def corrupt_root(data_root):
-    corrupt = data_root / "Images/2/nail_00020.png"
-    corrupt.write_bytes(b"truncated")
-    return data_root
+def _damage(root: Path) -> dict[str, str]:
+    """Spoils some pairs of the synthetic set; returns {relative path: expected line ending}."""
+    (root / "Images/2/nail_00020.png").write_bytes(b"truncated")
+    (root / "Masks/1/nail_00001.png").unlink()
+    (root / "Images/1/nail_00002.png").unlink()
+    mask = np.asarray(Image.open(root / "Masks/1/nail_00003.png"))
+    Image.fromarray(mask[::2]).save(root / "Masks/1/nail_00003.png")  # squashed
+    Image.fromarray(mask[::2, ::2]).save(root / "Masks/1/nail_00004.png")
+    (root / "Masks/1/nail_00005.png").unlink()
+    Image.fromarray(mask).save(root / "Masks/1/nail_00005.bmp")
+    (root / "Masks/1/nail_00006.png").unlink()
+    Image.fromarray(mask).save(root / "Masks/1/nail_00006.jpg", quality=70)
+    image = root / "Images/1/nail_00007.png"
+    Image.open(image).save(image.with_suffix(".tif"))
+    image.unlink()
+    return {
+        "Images/2/nail_00020.png": "error: {}: the trainer cannot read this image (Unknown image",
+        "Images/1/nail_00001.png": "error: {}: no mask ",
+        "Masks/1/nail_00002.png": "error: {}: no image ",
+        "Masks/1/nail_00003.png": "error: {}: mask is 64x32 but its image is 64x64: other",
+        "Masks/1/nail_00004.png": "warning: {}: mask is 32x32 but its image is 64x64; both are",
+        "Masks/1/nail_00005.bmp": "error: {}: the trainer cannot read this mask (`channels`",
+        "Masks/1/nail_00006.jpg": "note: {}: mask is not binary: ",
+        "Images/1/nail_00007.tif": "error: {}: the trainer cannot read this image (Unknown image",
+    }
 
 
-def test_check_strict_fails_on_a_corrupt_image(corrupt_root):
-    completed = _prepare(f"--data_root={corrupt_root}", "--check", "--strict")
-    assert completed.returncode == 1
-    assert "Images/2/nail_00020.png: does not decode" in completed.stderr
+def test_check_lists_every_problem_and_strict_fails(data_root):
+    expected = _damage(data_root)
+    completed = _prepare(f"--data_root={data_root}", "--check", "--strict")
+    assert completed.returncode == 1, completed.stderr
+    lines = [line.split("] ", 1)[-1] for line in completed.stderr.splitlines()]
+    for relative, start in expected.items():
+        start = start.format(data_root / relative)
+        assert sum(line.startswith(start) for line in lines) == 1, (start, completed.stderr)
+    report = data_root / "csv_file/problems.csv"
+    assert f"Skipped 6 unusable image/mask pairs; the list is in {report}" in lines
+    assert "--strict fails" in completed.stderr
+    manifests = [(data_root / "csv_file" / name).read_text() for name in ("train.csv", "valid.csv")]
+    assert "nail_00020" not in "".join(manifests) and "nail_00005" not in "".join(manifests)
 
-
-def test_check_without_strict_reports_and_succeeds(corrupt_root):
-    completed = _prepare(f"--data_root={corrupt_root}", "--check")
+    # Without --check or --strict: the same manifests and report, a summary instead of the list.
+    written = [(data_root / "csv_file" / name).read_bytes() for name in ("train.csv", "valid.csv")]
+    report_bytes = report.read_bytes()
+    completed = _prepare(f"--data_root={data_root}")
     assert completed.returncode == 0, completed.stderr
-    assert "Images/2/nail_00020.png: does not decode" in completed.stderr
+    assert "nail_00020" not in completed.stderr and "--check lists them" in completed.stderr
+    assert f"Skipped 6 unusable image/mask pairs; the list is in {report}" in completed.stderr
+    rewritten = [
+        (data_root / "csv_file" / name).read_bytes() for name in ("train.csv", "valid.csv")
+    ]
+    assert rewritten == written and report.read_bytes() == report_bytes
 
 
 def test_user_errors_exit_2_and_stray_arguments_are_rejected(tmp_path):
     completed = _prepare(f"--data_root={tmp_path / 'missing'}")
     assert completed.returncode == 2
     assert "error: data root" in completed.stderr and "missing" in completed.stderr
+    assert "Traceback" not in completed.stderr
     completed = _prepare(f"--data_root={tmp_path}", "stray")
     assert completed.returncode == 1 and "unexpected arguments: stray" in completed.stderr

@@ -11,4 +11,4 @@ import os
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ["SM_FRAMEWORK"] = "tf.keras"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF C++ info and warnings are noise here

@@ -1,29 +1,37 @@
-"""Scans a data folder and writes its manifests, optionally checking every file.
+"""Scans a data folder, checks every pair and writes its manifests.
 
   python -m trainer.prepare --data_root=DIR [--valid_fraction=0.2 --seed=0 --check --strict]
 
-writes `DIR/csv_file/train.csv` and `valid.csv` (see `trainer.data.manifest`),
-logs the pairs per split and group and lists the files that could not be
-paired. `--check` decodes every image and mask and lists those that fail, masks
-of another size than their image, and (as notes) empty or full masks.
-`--strict` exits with status 1 when any problem of severity 'error' was found.
+writes `DIR/csv_file/train.csv` and `valid.csv` (see `trainer.data.manifest`)
+exactly as the trainer would when it finds none: every image and mask is
+decoded with the trainer's own decoders, the pairs it cannot read are left out,
+and every problem goes to `DIR/csv_file/problems.csv` (path, severity, message).
+Logs the pairs per split and group, and a count of the problems.
+
+`--check` also lists every problem, one line each: `severity: path: message`.
+Errors are files the trainer cannot use (a corrupt or unsupported file, an image
+without a mask or a mask without an image, a mask whose proportions differ from
+its image's); warnings are usable but likely mistakes (a mask at another scale,
+a mostly gray mask); notes are legitimate (empty or full masks, JPEG noise).
+`--strict` exits with status 1 when any error was found (the manifests are
+written all the same). A data root that is missing, empty, in neither layout or
+without any usable pair exits with status 2 and one line saying why.
 """
 
 import collections
 import sys
 
-import pandas as pd
-from absl import app, flags, logging
-
 from trainer.data import manifest
 from trainer.errors import UserError
+
+from absl import app, flags, logging
 
 _DATA_ROOT = flags.DEFINE_string("data_root", None, "The data set folder.")
 _VALID_FRACTION = flags.DEFINE_float(
     "valid_fraction", 0.2, "Share of each group held out for validation (Images/ layout)."
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the train/valid split.")
-_CHECK = flags.DEFINE_bool("check", False, "Decode every image and mask and report problems.")
+_CHECK = flags.DEFINE_bool("check", False, "List every problem found, one line each.")
 _STRICT = flags.DEFINE_bool("strict", False, "Exit with status 1 if any error was found.")
 
 
@@ -32,7 +40,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         result = manifest.prepare(
-            _DATA_ROOT.value, valid_fraction=_VALID_FRACTION.value, seed=_SEED.value
+            _DATA_ROOT.value,
+            valid_fraction=_VALID_FRACTION.value,
+            seed=_SEED.value,
+            log_problems=_CHECK.value,
         )
     except UserError as error:
         logging.error("error: %s", error)
@@ -41,24 +52,14 @@ def main(argv: list[str]) -> None:
     for split, frame in (("train", result.train), ("valid", result.valid)):
         per_group = dict(sorted(collections.Counter(frame["group"]).items()))
         logging.info("%s: %d pairs, per group %s", split, len(frame), per_group)
-    problems = list(result.problems)
-    _log_problems("scan", result.problems)
-    if _CHECK.value:
-        checked = manifest.check_pairs(pd.concat([result.train, result.valid]))
-        _log_problems("check", checked)
-        problems += checked
-    num_errors = sum(problem.severity == "error" for problem in problems)
-    if _STRICT.value and num_errors:
-        logging.error("error: %d file(s) with errors (listed above); --strict fails", num_errors)
+    counts = collections.Counter(problem.severity for problem in result.problems)
+    hint = "" if _CHECK.value or not result.problems else "; --check lists them"
+    logging.info("%d problem(s) %s%s", len(result.problems), dict(sorted(counts.items())), hint)
+    if result.num_skipped:
+        logging.warning(manifest.SKIPPED_MESSAGE, result.num_skipped, result.problems_csv)
+    if _STRICT.value and counts["error"]:
+        logging.error("error: %d file(s) with errors; --strict fails", counts["error"])
         sys.exit(1)
-
-
-def _log_problems(stage: str, problems: list[manifest.Problem]) -> None:
-    counts = collections.Counter(problem.severity for problem in problems)
-    logging.info("%s: %d problem(s) %s", stage, len(problems), dict(sorted(counts.items())))
-    for problem in problems:
-        log = logging.info if problem.severity == "note" else logging.warning
-        log("%s", problem)
 
 
 if __name__ == "__main__":

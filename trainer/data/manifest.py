@@ -12,45 +12,33 @@ mask may have another extension and a `_mask` suffix. The manifests go where
 the seed kept them, `DATA_ROOT/csv_file/{train,valid}.csv`, with paths relative
 to the data root so that the folder can move (or be mounted elsewhere in a
 container). When the data root is read-only they go to `FALLBACK/csv_file/`.
+
+Preparing the manifests also decodes every pair with the trainer's decoders
+(`trainer.data.check`): pairs the trainer cannot read are left out, and every
+problem found goes to `csv_file/problems.csv` (path, severity, message).
 """
 
-import concurrent.futures
+import csv
 import dataclasses
 import os
 import tempfile
 import uuid
 from pathlib import Path
 
-import cv2
+from trainer.data import check
+from trainer.data.check import Problem
+from trainer.errors import UserError
+
 import numpy as np
 import pandas as pd
 from absl import logging
-
-from trainer.errors import UserError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 MASK_SUFFIX = "_mask"
 CSV_DIR_NAME = "csv_file"
 COLUMNS = ("images", "masks", "group")
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    """Something wrong (or worth knowing) about one file.
-
-    Attributes:
-        path: the file concerned.
-        message: what is wrong, in a few words.
-        severity: 'error' (the file cannot be used), 'warning' (usable, likely a
-            mistake) or 'note' (legitimate, worth knowing).
-    """
-
-    path: str
-    message: str
-    severity: str = "error"
-
-    def __str__(self) -> str:
-        return f"{self.severity}: {self.path}: {self.message}"
+PROBLEMS_CSV = "problems.csv"
+SKIPPED_MESSAGE = "Skipped %d unusable image/mask pairs; the list is in %s"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +57,9 @@ class PrepareResult:
     train: pd.DataFrame
     valid: pd.DataFrame
     csv_dir: Path
-    problems: list[Problem]
+    problems: list[Problem]  # the scan's and the decoding check's, sorted by path
+    num_skipped: int  # pairs left out for an error, plus files that could not be paired
+    problems_csv: Path
 
 
 # ---------------------------------------------------------------- scan
@@ -85,32 +75,42 @@ def scan(data_root) -> ScanResult:
         The pairs, sorted by image path, and the files that could not be paired.
 
     Raises:
-        UserError: the folder is missing, in neither layout, or holds no pair.
+        UserError: the folder is missing or unreadable, in neither layout, or
+            holds no pair.
     """
     root = Path(data_root).absolute()
+    try:
+        layout, frame, problems = _pair_layout(root)
+    except PermissionError as error:  # a container user other than the data's owner
+        raise UserError(
+            f"cannot read {error.filename} (permission denied); make the data set readable"
+        ) from None
+    if frame.empty:
+        unpaired = sorted((p for p in problems if p.severity == "error"), key=lambda p: p.path)
+        first = f", the first {unpaired[0].path}: {unpaired[0].message}" if unpaired else ""
+        raise UserError(
+            f"no image in {root} has a mask ({len(unpaired)} unpaired files{first}); a mask "
+            "must sit in the folder matching its image's and share its file stem"
+        )
+    frame = frame.sort_values("images", ignore_index=True)
+    return ScanResult(frame, sorted(problems, key=lambda p: p.path), layout)
+
+
+def _pair_layout(root: Path) -> tuple[str, pd.DataFrame, list[Problem]]:
     if not root.is_dir():
         raise UserError(f"data root {root} is not a folder; point --data_root at your data set")
     images_dir, masks_dir = _child(root, "Images"), _child(root, "Masks")
     train_dir = _child(root, "train")
     if images_dir and masks_dir:
-        layout = "images_masks"
         frame, problems = _pair_folders(images_dir, masks_dir, default_group="0")
         frame["split"] = ""
-    elif train_dir and _child(train_dir, "images") and _child(train_dir, "masks"):
-        layout = "train_valid"
-        frame, problems = _scan_train_valid(root)
-    else:
-        raise UserError(
-            f"{root} holds neither Images/ + Masks/ nor train/images/ + train/masks/ "
-            "(+ valid/images/ + valid/masks/); arrange the data set in one of these layouts"
-        )
-    if frame.empty:
-        raise UserError(
-            f"no image in {root} has a mask ({len(problems)} unpaired files); a mask must sit "
-            "in the folder matching its image's and share its file stem"
-        )
-    frame = frame.sort_values("images", ignore_index=True)
-    return ScanResult(frame, sorted(problems, key=lambda p: p.path), layout)
+        return "images_masks", frame, problems
+    if train_dir and _child(train_dir, "images") and _child(train_dir, "masks"):
+        return "train_valid", *_scan_train_valid(root)
+    raise UserError(
+        f"{root} holds neither Images/ + Masks/ nor train/images/ + train/masks/ "
+        "(+ valid/images/ + valid/masks/); arrange the data set in one of these layouts"
+    )
 
 
 def _child(folder: Path, name: str) -> Path | None:
@@ -135,10 +135,7 @@ def _scan_train_valid(root: Path) -> tuple[pd.DataFrame, list[Problem]]:
         frame["split"] = split
         frames.append(frame)
         problems += split_problems
-    pairs = pd.concat(frames, ignore_index=True)
-    if set(pairs["split"]) == {"train"}:
-        pairs["split"] = ""
-    return pairs, problems
+    return pd.concat(frames, ignore_index=True), problems
 
 
 def _pair_folders(
@@ -148,22 +145,42 @@ def _pair_folders(
     images, problems = _index_files(images_dir)
     masks, mask_problems = _index_files(masks_dir)
     problems += mask_problems
-    rows, used = [], set()
-    for (folder, stem), image in images.items():
-        key = next((k for k in ((folder, stem), (folder, stem + MASK_SUFFIX)) if k in masks), None)
-        if key is None:
+    matches = _match_stems(images, masks)
+    rows = []
+    for key, image in images.items():
+        if key not in matches:
+            folder, stem = key
             expected = masks_dir / folder / f"{stem}.* or {stem}{MASK_SUFFIX}.*"
             problems.append(Problem(str(image), f"no mask {expected}"))
             continue
-        used.add(key)
-        group = folder.split("/")[0] if folder else default_group
-        rows.append((str(image), str(masks[key]), group))
-    problems += [
-        Problem(str(mask), f"no image {images_dir / key[0] / key[1].removesuffix(MASK_SUFFIX)}.*")
-        for key, mask in masks.items()
-        if key not in used
-    ]
+        group = key[0].split("/")[0] if key[0] else default_group
+        rows.append((str(image), str(masks[matches[key]]), group))
+    used = set(matches.values())
+    for (folder, stem), mask in masks.items():
+        image_key = (folder, stem.removesuffix(MASK_SUFFIX))
+        if (folder, stem) not in used:
+            message = f"no image {images_dir / folder / image_key[1]}.*"
+            if image_key in matches:  # masks 'x' and 'x_mask' for one image 'x'
+                message = f"{images[image_key].name} pairs with {masks[matches[image_key]].name}"
+            problems.append(Problem(str(mask), f"{message}; ignored"))
     return pd.DataFrame(rows, columns=list(COLUMNS)), problems
+
+
+def _match_stems(images: dict, masks: dict) -> dict[tuple[str, str], tuple[str, str]]:
+    """Maps image keys to mask keys, each mask used at most once.
+
+    Exact stems are matched first, so that an image named 'x_mask' keeps the
+    mask 'x_mask' and the image 'x' does not take it too.
+    """
+    matches = {}
+    for suffix in ("", MASK_SUFFIX):
+        free = set(masks) - set(matches.values())
+        for folder, stem in images:
+            wanted = (folder, stem + suffix)
+            if (folder, stem) not in matches and wanted in free:
+                matches[folder, stem] = wanted
+                free.discard(wanted)
+    return matches
 
 
 def _index_files(folder: Path) -> tuple[dict[tuple[str, str], Path], list[Problem]]:
@@ -172,9 +189,12 @@ def _index_files(folder: Path) -> tuple[dict[tuple[str, str], Path], list[Proble
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
         # Hidden entries include macOS '._name.png' forks and .ipynb_checkpoints copies.
-        if any(part.startswith(".") for part in relative.parts):
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
             continue
-        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            # Noted: a mask saved as .gif would otherwise leave only "no mask" to read.
+            extensions = " ".join(sorted(IMAGE_EXTENSIONS))
+            problems.append(Problem(str(path), f"not one of {extensions}; ignored", "note"))
             continue
         parent = relative.parent.as_posix()
         key = ("" if parent == "." else parent, path.stem)
@@ -194,9 +214,10 @@ def split_train_valid(
     """Splits pairs into train and valid, stratified by group.
 
     Rows that already carry a split ('train' or 'valid', from the train/valid
-    layout) keep it. The others are split per group: round(valid_fraction * n)
-    (halves rounded up) go to valid, at least 1 when the group has 2 or more,
-    and at least 1 always stays in train.
+    layout) keep it, unless none is in valid (valid/ had no usable pair). The
+    others are split per group: round(valid_fraction * n) (halves rounded up)
+    go to valid, at least 1 when the group has 2 or more, and at least 1 always
+    stays in train.
 
     Args:
         pairs: frame with columns images, masks, group and optionally split.
@@ -212,7 +233,7 @@ def split_train_valid(
     if not 0.0 < valid_fraction < 1.0:
         raise UserError(f"valid_fraction must be between 0 and 1, got {valid_fraction}")
     pairs = pairs.reset_index(drop=True)
-    if "split" not in pairs:
+    if "split" not in pairs or not (pairs["split"] == "valid").any():
         pairs["split"] = ""
     rng = np.random.default_rng(seed)
     unassigned = pairs[pairs["split"] == ""].sort_values("images")
@@ -255,16 +276,31 @@ def write_manifests(train: pd.DataFrame, valid: pd.DataFrame, csv_dir, *, data_r
             relative[column] = [
                 Path(os.path.relpath(path, root)).as_posix() for path in relative[column]
             ]
-        # A name of our own, not tempfile's: that one would leave the CSV mode 0600.
-        partial = csv_dir / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        relative.to_csv(partial, index=False)
-        os.replace(partial, csv_dir / name)
+        _replace_csv(relative, csv_dir / name)
+
+
+def _replace_csv(frame: pd.DataFrame, path: Path) -> None:
+    # A name of our own, not tempfile's: that one would leave the CSV mode 0600.
+    partial = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    # Every field quoted: Python 3.11's csv leaves a '\r' in a file name bare, which
+    # then reads back as a line break. 'replace': problems.csv may name a file
+    # whose name is not UTF-8.
+    frame.to_csv(partial, index=False, encoding="utf-8", errors="replace", quoting=csv.QUOTE_ALL)
+    os.replace(partial, path)
 
 
 def prepare(
-    data_root, *, valid_fraction: float = 0.2, seed: int = 0, fallback_dir=None
+    data_root,
+    *,
+    valid_fraction: float = 0.2,
+    seed: int = 0,
+    fallback_dir=None,
+    log_problems: bool = False,
 ) -> PrepareResult:
-    """Scans `data_root`, splits it and writes the manifests.
+    """Scans `data_root`, checks every pair, splits the usable ones and writes the manifests.
+
+    Pairs with an 'error' problem are left out; every problem, the scan's and
+    the check's, goes to `problems.csv` next to the manifests.
 
     Args:
         data_root: the data set folder.
@@ -272,27 +308,38 @@ def prepare(
         seed: seed of the split.
         fallback_dir: where `csv_file/` goes when `data_root` cannot be written
             (a read-only mount); usually the work directory.
+        log_problems: log every problem, one line each, before anything can fail.
 
     Returns:
-        The splits (absolute paths), the folder written and the scan's problems.
+        The splits (absolute paths), the folder written, the problems and how
+        many pairs or files were skipped.
 
     Raises:
-        UserError: the scan failed, a split is empty, or no folder could be written.
+        UserError: the scan failed, a split is empty once unusable pairs are
+            left out, or no folder could be written.
     """
     root = Path(data_root).absolute()
-    result = scan(root)
-    train, valid = split_train_valid(result.pairs, valid_fraction=valid_fraction, seed=seed)
+    found = scan(root)
+    pairs, problems, num_skipped = check.drop_unusable(found.pairs, found.problems)
+    if log_problems:
+        check.log_problems(problems)
+    train, valid = split_train_valid(pairs, valid_fraction=valid_fraction, seed=seed)
+    csv_dir = _writable_csv_dir(root, fallback_dir)
+    problems_csv = csv_dir / PROBLEMS_CSV
+    _replace_csv(check.problems_frame(problems), problems_csv)
     for split, frame in (("train", train), ("valid", valid)):
         if frame.empty:
             raise UserError(
-                f"the {split} split of {root} is empty: {len(result.pairs)} pair(s) found, "
-                f"{len(result.problems)} file(s) unpaired; add image/mask pairs "
-                "(a group needs 2 pairs to give one to valid)"
+                f"the {split} split of {root} is empty: {len(pairs)} usable pair(s) "
+                f"found, {num_skipped} pair(s) or file(s) skipped (the list is in "
+                f"{problems_csv}); add image/mask pairs (a group needs 2 pairs to give one "
+                "to valid)"
             )
-    csv_dir = _writable_csv_dir(root, fallback_dir)
     write_manifests(train, valid, csv_dir, data_root=root)
     columns = list(COLUMNS)
-    return PrepareResult(train[columns], valid[columns], csv_dir, result.problems)
+    return PrepareResult(
+        train[columns], valid[columns], csv_dir, problems, num_skipped, problems_csv
+    )
 
 
 def _writable_csv_dir(root: Path, fallback_dir) -> Path:
@@ -328,7 +375,9 @@ def read_manifests(
     """Reads the manifests of `data_root`, preparing them when there are none.
 
     Looks in `data_root/csv_file/`, then `fallback_dir/csv_file/`; when neither
-    holds both files, calls `prepare`.
+    holds both files, calls `prepare`, which leaves out the pairs the trainer
+    cannot read and logs one warning line with their count and report. Existing
+    manifests are read as they are, without decoding their files again.
 
     Args:
         data_root: the data set folder the manifests' paths are relative to.
@@ -341,7 +390,8 @@ def read_manifests(
         `(train, valid)` with columns images, masks (absolute paths) and group.
 
     Raises:
-        UserError: a manifest is malformed, names a missing file, or a split is empty.
+        UserError: the data root is missing, a manifest is malformed or names a
+            missing file, or a split is empty (see `prepare`).
     """
     root = Path(data_root).absolute()
     if not root.is_dir():
@@ -354,10 +404,13 @@ def read_manifests(
             logging.info("reading the manifests in %s", csv_dir)
             break
     else:
-        logging.info("no manifests for %s yet; scanning it", root)
-        csv_dir = prepare(
+        logging.info("no manifests for %s yet; scanning and checking it", root)
+        prepared = prepare(
             root, valid_fraction=valid_fraction, seed=seed, fallback_dir=fallback_dir
-        ).csv_dir
+        )
+        if prepared.num_skipped:
+            logging.warning(SKIPPED_MESSAGE, prepared.num_skipped, prepared.problems_csv)
+        csv_dir = prepared.csv_dir
     return tuple(_read_csv(csv_dir / name, root) for name in ("train.csv", "valid.csv"))
 
 
@@ -389,74 +442,3 @@ def _check_exist(frame: pd.DataFrame, csv_path: Path, rescan: str) -> None:
             f"{csv_path} lists {len(missing)} file(s) that do not exist, the first "
             f"{missing[0]}; {rescan}"
         )
-
-
-# ---------------------------------------------------------------- decoding check
-
-
-def check_pairs(frame: pd.DataFrame, *, max_workers: int | None = None) -> list[Problem]:
-    """Decodes every image and mask of `frame` and lists what is wrong with them.
-
-    Masks are read as the trainer reads them: the luminance, binarised at 127,
-    except label-index masks holding only 0 and 1, read as 0/1.
-
-    Args:
-        frame: rows with images and masks (absolute paths).
-        max_workers: decoding threads (cv2 releases the GIL while decoding); by
-            default `concurrent.futures`' choice.
-
-    Returns:
-        The problems, sorted by path: 'error' for a file that does not decode,
-        'warning' for a mask of another size than its image, 'note' for a mask
-        that is empty or entirely foreground.
-    """
-    pairs = list(zip(frame["images"], frame["masks"], strict=True))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max_workers) as pool:
-        found = pool.map(lambda pair: _check_pair(*pair), pairs)
-        problems = [problem for pair_problems in found for problem in pair_problems]
-    return sorted(problems, key=lambda p: (p.path, p.message))
-
-
-def _check_pair(image_path: str, mask_path: str) -> list[Problem]:
-    image, image_problem = _decode(image_path)
-    mask, mask_problem = _decode(mask_path)
-    problems = [p for p in (image_problem, mask_problem) if p is not None]
-    if image is None or mask is None:
-        return problems
-    if image.shape[:2] != mask.shape[:2]:
-        problems.append(
-            Problem(
-                mask_path,
-                f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                f"{image.shape[1]}x{image.shape[0]}; both are resized to the training size",
-                "warning",
-            )
-        )
-    foreground = _foreground(mask)
-    if not foreground.any():
-        problems.append(Problem(mask_path, "mask is empty (no foreground)", "note"))
-    elif foreground.all():
-        problems.append(Problem(mask_path, "mask is entirely foreground", "note"))
-    return problems
-
-
-def _decode(path: str) -> tuple[np.ndarray | None, Problem | None]:
-    try:
-        # imdecode rather than imread: no cv2 warnings on stderr, any path encoding.
-        data = np.fromfile(path, np.uint8)
-    except OSError as error:
-        return None, Problem(path, f"cannot read: {error.strerror}")
-    pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if pixels is None:
-        return None, Problem(path, "does not decode as an image")
-    return pixels, None
-
-
-def _foreground(mask: np.ndarray) -> np.ndarray:
-    if mask.ndim == 3:
-        code = cv2.COLOR_BGRA2GRAY if mask.shape[2] == 4 else cv2.COLOR_BGR2GRAY
-        mask = cv2.cvtColor(mask, code) if mask.shape[2] in (3, 4) else mask[..., 0]
-    if mask.max() <= 1:  # a label-index mask
-        return mask == 1
-    wide = mask.dtype.kind in "iu" and mask.dtype.itemsize > 1
-    return mask > (np.iinfo(mask.dtype).max // 2 if wide else 127)

@@ -24,7 +24,7 @@ import pandas as pd
 import tensorflow as tf
 from absl import logging
 
-_BINARY_THRESHOLD = 127  # masks saved as 0/255 images; JPEG noise lands on either side.
+BINARY_THRESHOLD = 127  # masks saved as 0/255 images; JPEG noise lands on either side.
 
 
 def decode_image(path: tf.Tensor) -> tf.Tensor:
@@ -40,7 +40,7 @@ def decode_mask(path: tf.Tensor) -> tf.Tensor:
     """
     mask = tf.io.decode_image(tf.io.read_file(path), channels=1, expand_animations=False)
     is_label_index = tf.reduce_max(mask) <= 1
-    return tf.where(is_label_index, mask, tf.cast(mask > _BINARY_THRESHOLD, tf.uint8))
+    return tf.where(is_label_index, mask, tf.cast(mask > BINARY_THRESHOLD, tf.uint8))
 
 
 def resize_pair(image: tf.Tensor, mask: tf.Tensor, size_px: int):
