@@ -16,15 +16,12 @@ def exit_on_user_error(main):
     import functools
     import sys
 
-    from absl import logging
-
     @functools.wraps(main)
     def wrapped(argv):
         try:
             return main(argv)
         except UserError as error:
-            logging.error("%s", error)
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {error}", file=sys.stderr, flush=True)
             sys.exit(2)
 
     return wrapped

@@ -22,7 +22,7 @@ import collections
 import sys
 
 from trainer.data import manifest
-from trainer.errors import UserError
+from trainer.errors import exit_on_user_error
 
 from absl import app, flags, logging
 
@@ -35,19 +35,16 @@ _CHECK = flags.DEFINE_bool("check", False, "List every problem found, one line e
 _STRICT = flags.DEFINE_bool("strict", False, "Exit with status 1 if any error was found.")
 
 
+@exit_on_user_error
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        result = manifest.prepare(
-            _DATA_ROOT.value,
-            valid_fraction=_VALID_FRACTION.value,
-            seed=_SEED.value,
-            log_problems=_CHECK.value,
-        )
-    except UserError as error:
-        logging.error("error: %s", error)
-        sys.exit(2)
+    result = manifest.prepare(
+        _DATA_ROOT.value,
+        valid_fraction=_VALID_FRACTION.value,
+        seed=_SEED.value,
+        log_problems=_CHECK.value,
+    )
     logging.info("wrote the manifests to %s", result.csv_dir)
     for split, frame in (("train", result.train), ("valid", result.valid)):
         per_group = dict(sorted(collections.Counter(frame["group"]).items()))

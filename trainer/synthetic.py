@@ -6,10 +6,8 @@ writes `Images/<group>/nail_NNNNN.png` and `Masks/<group>/nail_NNNNN.png` for
 groups 1..4 (see `trainer.data.synthetic`). The same flags give the same bytes.
 """
 
-import sys
-
 from trainer.data import synthetic
-from trainer.errors import UserError
+from trainer.errors import exit_on_user_error
 
 from absl import app, flags, logging
 
@@ -19,19 +17,16 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", 256, "Side of the square images
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed; the same seed writes the same bytes.")
 
 
+@exit_on_user_error
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        written = synthetic.write_dataset(
-            _OUTPUT_DIR.value,
-            num_images=_NUM_IMAGES.value,
-            image_size=_IMAGE_SIZE.value,
-            seed=_SEED.value,
-        )
-    except UserError as error:
-        logging.error("error: %s", error)
-        sys.exit(2)
+    written = synthetic.write_dataset(
+        _OUTPUT_DIR.value,
+        num_images=_NUM_IMAGES.value,
+        image_size=_IMAGE_SIZE.value,
+        seed=_SEED.value,
+    )
     counts = synthetic.group_counts(_NUM_IMAGES.value)
     logging.info("wrote %d pairs to %s, per group %s", written, _OUTPUT_DIR.value, counts)
 
