@@ -98,10 +98,17 @@ def test_exported_saved_model_predicts_masks(trained):
     import tensorflow as tf
 
     loaded = tf.saved_model.load(os.path.join(trained[0], "export"))
-    outputs = loaded.signatures["serving_default"](
-        tf.constant(np.random.rand(2, 64, 64, 3), tf.float32)
-    )
-    assert outputs["probabilities"].shape == (2, 64, 64, 1)
+    images = np.random.randint(0, 256, [2, 48, 80, 3], dtype=np.uint8)
+    outputs = loaded.signatures["serve_images"](images=tf.constant(images))
+    assert outputs["probabilities"].shape == (2, 48, 80, 1)
+    encoded = tf.constant([tf.io.encode_png(images[0]).numpy()])
+    outputs = loaded.signatures["serving_default"](image_bytes=encoded)
+    assert outputs["probabilities"].shape == (1, 48, 80, 1)
+
+
+def test_validation_pictures_are_written_at_each_evaluation(trained):
+    samples = sorted(os.listdir(os.path.join(trained[0], "samples")))
+    assert samples == ["step_2.png", "step_4.png", "step_6.png"]
 
 
 def test_mirrored_on_two_cpu_devices_trains(synthetic_root, tmp_path):

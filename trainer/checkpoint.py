@@ -14,10 +14,10 @@ import os
 import shutil
 import tempfile
 
+from trainer.errors import UserError
+
 import tensorflow as tf
 from absl import logging
-
-from trainer.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -143,6 +143,7 @@ STATE_FIELDS = (
     ("train", "optimizer"),
     ("train", "precision"),
 )
+# Written by a run; evaluate/export outputs (eval/, *.tflite) are left alone.
 RUN_FILES = (
     "checkpoints",
     BEST_DIR,

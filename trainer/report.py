@@ -23,6 +23,11 @@ class MetricsWriter:
         if enabled:
             self._summary_writer = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
 
+    @property
+    def summary_writer(self):
+        """The TensorBoard writer of WORKDIR/tb (None when disabled)."""
+        return self._summary_writer
+
     def drop_after(self, step: int) -> None:
         """Removes records past `step`: a resumed run rewrites them, without duplicates."""
         if not self._enabled or not os.path.exists(self._path):

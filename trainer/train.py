@@ -12,7 +12,17 @@ import os
 import sys
 import time
 
-from trainer import checkpoint, distribute, loop, metrics, optim, preemption, report, serving
+from trainer import (
+    checkpoint,
+    distribute,
+    loop,
+    metrics,
+    optim,
+    pictures,
+    preemption,
+    report,
+    serving,
+)
 from trainer import model as model_lib
 from trainer.data import manifest, pipeline
 from trainer.errors import UserError, exit_on_user_error
@@ -129,6 +139,9 @@ def main(argv):
         wandb_run = report.start_wandb(config.to_dict(), workdir, config.log.wandb_project)
     writer = report.MetricsWriter(workdir, enabled=is_chief, wandb_run=wandb_run)
     writer.drop_after(start_step)
+    samples = None
+    if is_chief and config.log.num_samples > 0:
+        samples = pictures.take_samples(valid_rows, config.data.image_size, config.log.num_samples)
 
     # --- Loop -------------------------------------------------------------------
     total_steps = plan["total_steps"]
@@ -154,6 +167,15 @@ def main(argv):
         if is_due(current, plan["eval_every"], total_steps):
             results = loop.evaluate(eval_fn, valid_dataset)
             _record_evaluation(workdir, model, state, writer, current, results, is_chief)
+            if samples is not None:
+                pictures.write_samples(
+                    model,
+                    samples,
+                    step=current,
+                    workdir=workdir,
+                    summary_writer=writer.summary_writer,
+                    wandb_run=wandb_run,
+                )
             progress.note(
                 f"step {current}/{total_steps}: valid loss {results['loss']:.4f} "
                 f"IoU {results['iou']:.4f} F1 {results['fscore']:.4f}"

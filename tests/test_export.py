@@ -1,0 +1,153 @@
+"""SavedModel signatures (as TensorFlow Serving runs them) and TFLite export."""
+
+import os
+
+import numpy as np
+import pytest
+
+from tests.test_evaluate import assert_one_error_line, run_module, tiny_workdir
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, synthetic_root):
+    return tiny_workdir(tmp_path_factory, synthetic_root)
+
+
+@pytest.fixture(scope="module")
+def synthetic_images(synthetic_root):
+    """Every synthetic photo at the model's 64 px, uint8 `[48, 64, 64, 3]`."""
+    from trainer import serving
+    from trainer.data import manifest, pipeline
+
+    train, valid = manifest.read_manifests(synthetic_root)
+    paths = [*train["images"], *valid["images"]]
+    return np.stack([serving.resize_images(pipeline.decode_image(p), 64).numpy() for p in paths])
+
+
+@pytest.fixture(scope="module")
+def saved_model(workdir):
+    import tensorflow as tf
+
+    return tf.saved_model.load(os.path.join(workdir, "export"))
+
+
+def tflite_probabilities(model_path, images):
+    """Runs a .tflite model one image at a time: uint8 `[n, s, s, 3]` -> `[n, s, s, 1]`."""
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=model_path, num_threads=1)
+    interpreter.allocate_tensors()
+    (source,), (target,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert list(source["shape"]) == [1, *images.shape[1:]] and source["dtype"] == np.float32
+    outputs = []
+    for image in images:
+        interpreter.set_tensor(source["index"], image[None].astype(np.float32) / 255.0)
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(target["index"])[0])
+    return np.stack(outputs)
+
+
+def mask_iou(a, b):
+    return np.logical_and(a, b).sum() / max(np.logical_or(a, b).sum(), 1)
+
+
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
+def test_tflite_float16_masks_agree_with_the_saved_model(
+    workdir, saved_model, synthetic_images, tmp_path
+):
+    output = tmp_path / "nails.tflite"
+    process = run_module(
+        "export",
+        f"--model={workdir}",
+        "--format=tflite",
+        "--quantize=float16",
+        f"--output={output}",
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    served = saved_model.signatures["serve_images"](images=synthetic_images)["probabilities"]
+    tflite = tflite_probabilities(str(output), synthetic_images)
+    assert mask_iou(tflite > 0.5, served.numpy() > 0.5) >= 0.99
+    num_weights = sum(v.shape.num_elements() for v in saved_model.variables)
+    assert os.path.getsize(output) < 2.5 * num_weights  # float16: 2 bytes a weight
+
+
+def test_serve_images_keeps_any_size_and_matches_the_network(workdir, saved_model):
+    from trainer import serving
+
+    import tensorflow as tf
+
+    images = np.random.default_rng(0).integers(0, 256, [2, 37, 53, 3], dtype=np.uint8)
+    served = saved_model.signatures["serve_images"](images=images)["probabilities"].numpy()
+    assert served.shape == (2, 37, 53, 1) and 0 <= served.min() and served.max() <= 1
+
+    network = serving.load_trained_model(workdir).keras_model
+    at_size = images[:, :32, :32].repeat(2, axis=1).repeat(2, axis=2)  # 64 px: no resizing
+    expected = network(tf.constant(at_size, tf.float32) / 255.0, training=False).numpy()
+    served = saved_model.signatures["serve_images"](images=at_size)["probabilities"].numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def test_serving_default_runs_as_tensorflow_serving_runs_it(workdir):
+    """Loaded as graph + variables by tag and signature name, as the model server does."""
+    from trainer import serving
+
+    import tensorflow as tf
+
+    photo = np.random.default_rng(1).integers(0, 256, [30, 45, 3], dtype=np.uint8)
+    encoded = [tf.io.encode_png(photo).numpy(), tf.io.encode_jpeg(photo).numpy()]
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        meta_graph = tf.compat.v1.saved_model.load(
+            session, ["serve"], os.path.join(workdir, "export")
+        )
+        signature = meta_graph.signature_def[serving.DEFAULT_SIGNATURE]
+        fetches = {name: info.name for name, info in signature.outputs.items()}
+        outputs = session.run(fetches, {signature.inputs["image_bytes"].name: encoded})
+    assert outputs["probabilities"].shape == (2, 30, 45, 1)
+    assert outputs["height"].tolist() == [30, 30] and outputs["width"].tolist() == [45, 45]
+    assert serving.IMAGES_SIGNATURE in meta_graph.signature_def
+
+
+def test_int8_without_a_data_root_says_so(tmp_path):
+    from trainer import export, serving
+    from trainer.errors import UserError
+
+    trained = serving.TrainedModel(
+        predict=None,
+        image_size=64,
+        path=str(tmp_path),
+        kind="workdir",
+        config={"run": {"data_root": str(tmp_path / "gone")}},
+    )
+    with pytest.raises(UserError, match="pass --data_root=DIR"):
+        export.calibration_rows(trained, None)
+
+
+def test_calibration_images_spread_over_the_manifest(synthetic_root):
+    from trainer import export
+    from trainer.data import manifest
+
+    rows = manifest.read_manifests(synthetic_root)[0]
+    images = export.calibration_images(rows, 64, count=4)
+    assert images.shape == (4, 64, 64, 3) and images.dtype == np.float32
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert export.default_output("w", "tflite", "int8") == os.path.join("w", "model_int8.tflite")
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
+def test_tflite_int8_converts_and_roughly_agrees(workdir, saved_model, synthetic_images, tmp_path):
+    from trainer import export, serving
+
+    network = serving.load_trained_model(workdir).keras_model
+    calibration = synthetic_images[::6].astype(np.float32) / 255.0
+    path = tmp_path / "int8.tflite"
+    path.write_bytes(export.tflite_bytes(network, quantize="int8", calibration=calibration))
+    served = saved_model.signatures["serve_images"](images=synthetic_images)["probabilities"]
+    # A 2-step model's probabilities hug 0.5, the worst case for 8-bit activations.
+    agreement = np.mean((tflite_probabilities(str(path), synthetic_images) > 0.5) == (served > 0.5))
+    assert agreement >= 0.85
+
+
+def test_an_export_given_as_the_workdir_gets_one_error_line(workdir):
+    process = run_module("export", f"--model={workdir}/export", "--format=tflite")
+    assert_one_error_line(process, "is an export already")

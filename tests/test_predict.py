@@ -1,0 +1,126 @@
+"""trainer.predict: masks and overlays at the original size, unreadable photos skipped."""
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.test_evaluate import assert_one_error_line, run_module, tiny_workdir
+
+# name -> (height, width) of the photos written from a synthetic one; None: not an image.
+PHOTOS = {"same.png": (64, 64), "large.jpg": (100, 150), "small.png": (50, 40)}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, synthetic_root):
+    return tiny_workdir(tmp_path_factory, synthetic_root)
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory, synthetic_root):
+    """Photos of three sizes and formats, a corrupt PNG and a text file."""
+    folder = tmp_path_factory.mktemp("photos")
+    source = cv2.imread(str(sorted((synthetic_root / "Images" / "1").iterdir())[0]))
+    for name, (height, width) in PHOTOS.items():
+        cv2.imwrite(str(folder / name), cv2.resize(source, (width, height)))
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "notes.txt").write_text("not a photo")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(workdir):
+    from trainer import serving
+
+    return serving.load_trained_model(workdir)
+
+
+def test_cli_writes_masks_and_overlays_at_the_original_size(workdir, photo_dir, tmp_path):
+    output = tmp_path / "out"
+    process = run_module(
+        "predict",
+        f"--model={workdir}",
+        f"--input={photo_dir}",
+        f"--output={output}",
+        "--tta",
+        "--batch_size=2",
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "Traceback" not in process.stderr
+    warnings = [line for line in process.stderr.splitlines() if "skipped" in line]
+    assert len(warnings) == 1 and str(photo_dir / "corrupt.png") in warnings[0]
+    assert "3 image(s)" in process.stdout and "1 unreadable" in process.stdout
+    expected = {
+        f"{os.path.splitext(n)[0]}_{kind}.png" for n in PHOTOS for kind in ("mask", "overlay")
+    }
+    assert set(os.listdir(output)) == expected
+    for name, (height, width) in PHOTOS.items():
+        stem = os.path.splitext(name)[0]
+        mask = cv2.imread(str(output / f"{stem}_mask.png"), cv2.IMREAD_UNCHANGED)
+        overlay = cv2.imread(str(output / f"{stem}_overlay.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (height, width) and set(np.unique(mask)) <= {0, 255}
+        assert overlay.shape == (height, width, 3)
+
+
+def test_masks_agree_with_the_exported_serving_signature(trained, workdir, photo_dir, tmp_path):
+    from trainer import predict
+
+    import tensorflow as tf
+
+    paths = [str(photo_dir / name) for name in PHOTOS]
+    assert predict.predict_files(trained, paths, str(tmp_path), photos_per_batch=3) == []
+    loaded = tf.saved_model.load(os.path.join(workdir, "export"))
+    encoded = [open(path, "rb").read() for path in paths]
+    # One batch of three sizes: served zero-padded to the largest, with each size.
+    served = loaded.signatures["serving_default"](image_bytes=tf.constant(encoded))
+    for i, (name, (height, width)) in enumerate(PHOTOS.items()):
+        assert (served["height"][i], served["width"][i]) == (height, width)
+        expected = served["probabilities"][i, :height, :width, 0].numpy() > 0.5
+        mask_path = tmp_path / f"{os.path.splitext(name)[0]}_mask.png"
+        mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED) > 0
+        assert np.mean(mask == expected) >= 0.999, name
+
+
+def test_tta_of_a_mirror_symmetric_photo_is_mirror_symmetric(trained):
+    from trainer import predict
+
+    half = np.random.default_rng(0).integers(0, 256, [2, 64, 32, 3], dtype=np.uint8)
+    images = np.concatenate([half, half[:, :, ::-1]], axis=2)
+    probabilities = predict.make_predict_fn(trained, tta=True)(images).numpy()
+    np.testing.assert_allclose(probabilities, probabilities[:, :, ::-1], atol=1e-6)
+
+
+def test_find_inputs_takes_files_folders_and_globs(photo_dir):
+    from trainer import predict
+    from trainer.errors import UserError
+
+    images = sorted(str(photo_dir / name) for name in [*PHOTOS, "corrupt.png"])
+    assert predict.find_inputs(str(photo_dir)) == images
+    assert predict.find_inputs(str(photo_dir / "*.png")) == [p for p in images if ".png" in p]
+    assert predict.find_inputs(str(photo_dir / "notes.txt")) == [str(photo_dir / "notes.txt")]
+    with pytest.raises(UserError, match="matches no image file"):
+        predict.find_inputs(str(photo_dir / "*.tiff"))
+
+
+def test_output_names_stay_distinct():
+    from trainer import predict
+
+    paths = ["a/x.png", "a/x.jpg", "b/x.png", "a/y.png"]
+    assert predict.output_names(paths) == ["x_png", "x_jpg", "x_png_2", "y"]
+
+
+def test_a_glob_matching_nothing_gets_one_error_line(workdir, tmp_path):
+    process = run_module(
+        "predict", f"--model={workdir}", f"--input={tmp_path}/*.jpg", f"--output={tmp_path}/o"
+    )
+    assert_one_error_line(process, "matches no image file")
+
+
+def test_unreadable_photos_are_returned_and_written_nowhere(trained, photo_dir, tmp_path):
+    from trainer import predict
+
+    corrupt = str(photo_dir / "corrupt.png")
+    # main() exits 1 with one error line when every photo is skipped like this one.
+    assert predict.predict_files(trained, [corrupt, corrupt], str(tmp_path)) == [corrupt] * 2
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,255 @@
+r"""Evaluates a trained model on a data set: exact IoU / F1 overall, per group and per image.
+
+    python -m trainer.evaluate --model=runs/demo --data_root=data/synthetic
+    python -m trainer.evaluate --model=runs/demo/export --data_root=data/synthetic \
+        --split=all --strategy=mirrored --num_cpu_devices=2
+
+--model is a work directory (the network rebuilt from its config.json with the
+best validation weights, else the latest checkpoint) or a SavedModel export
+(its `serve_images` signature). Images are resized to the model's input size,
+as validation resizes them, and every figure is counted at that size.
+
+Writes to --output_dir (default WORKDIR/eval, or EXPORT_eval next to an export):
+
+  summary.json   iou, fscore (from tp/fp/fn summed over the images), tp, fp, fn,
+                 mean_image_iou, iou_at_threshold (0.3 ... 0.7), best_threshold,
+                 groups: {name: {iou, fscore, mean_image_iou, num_images}}
+  per_image.csv  path, group, iou, fscore, predicted_area, true_area (pixels),
+                 worst IoU first
+
+Counts are exact integer sums, gathered per image from every replica and
+padding excluded, so one device and several give the same figures (batch
+sizes aside, whose float rounding in the network may flip a rare pixel).
+"""
+
+import os
+
+from trainer import checkpoint, distribute, metrics, serving
+from trainer.data import manifest, pipeline
+from trainer.errors import UserError, exit_on_user_error
+
+import ml_collections
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from absl import app, flags, logging
+
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+THRESHOLD = 0.5  # the training metrics' threshold, for iou / fscore / per_image.csv
+_AT_THRESHOLD = THRESHOLDS.index(THRESHOLD)
+SPLITS = ("train", "valid", "all")
+DEFAULT_PER_REPLICA_BATCH_SIZE = 8
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defines the command-line flags; called by the entry point only.
+
+    Importing this module beside the other entry points then defines no flag twice.
+    """
+    flags.DEFINE_string("model", None, "A training work directory, or a SavedModel export.")
+    flags.DEFINE_string("data_root", None, "Data set folder; its manifests choose the images.")
+    flags.DEFINE_string("output_dir", None, "Where to write; default WORKDIR/eval or EXPORT_eval.")
+    flags.DEFINE_enum("split", "valid", SPLITS, "Which manifest's images to evaluate.")
+    flags.DEFINE_enum(
+        "strategy", "one_device", ("one_device", "mirrored"), "tf.distribute strategy."
+    )
+    flags.DEFINE_integer("num_cpu_devices", 1, "Split the host CPU into N logical devices.")
+    flags.DEFINE_integer(
+        "batch_size", 0, f"Global batch size; 0 = {DEFAULT_PER_REPLICA_BATCH_SIZE} per replica."
+    )
+    flags.mark_flags_as_required(["model", "data_root"])
+
+
+def select_rows(data_root: str, split: str, *, fallback_dir: str | None) -> pd.DataFrame:
+    """The manifest rows of `split` ('train', 'valid' or 'all'), with a fresh index."""
+    train, valid = manifest.read_manifests(data_root, fallback_dir=fallback_dir)
+    chosen = {"train": [train], "valid": [valid], "all": [train, valid]}[split]
+    return pd.concat(chosen, ignore_index=True)
+
+
+def count_confusions(
+    trained: serving.TrainedModel,
+    rows: pd.DataFrame,
+    strategy: tf.distribute.Strategy,
+    *,
+    global_batch_size: int,
+) -> np.ndarray:
+    """Runs the model over `rows` and counts each image's pixels at each threshold.
+
+    Args:
+        trained: the model, loaded under `strategy.scope()`.
+        rows: manifest rows (images, masks).
+        strategy: a single-host strategy.
+        global_batch_size: images per step, a multiple of the replica count.
+
+    Returns:
+        int64 `[len(rows), len(THRESHOLDS), 3]`: tp, fp, fn of each image, in row order.
+    """
+    data_config = ml_collections.ConfigDict(
+        {
+            "image_size": trained.image_size,
+            "batch_size": global_batch_size,
+            "balanced": False,
+            "augment": False,
+            "num_parallel_calls": 0,
+            "prefetch_batches": 0,
+        }
+    )
+
+    def dataset_fn(input_context):
+        dataset = pipeline.make_dataset(
+            rows, data_config, input_context, training=False, with_weights=True
+        )
+        # The row index travels with each example, so results map back to rows
+        # however the batches were spread over replicas.
+        per_replica = input_context.get_per_replica_batch_size(global_batch_size)
+        first, stride = input_context.input_pipeline_id, input_context.num_input_pipelines
+        indices = tf.data.Dataset.range(first, np.iinfo(np.int64).max, stride).batch(per_replica)
+        return tf.data.Dataset.zip((dataset, indices)).map(lambda batch, index: (*batch, index))
+
+    def replica_step(images, masks, weights, indices):
+        # Validation images are uint8 / 255, so this recovers the uint8 exactly.
+        probabilities = trained.predict(tf.cast(tf.round(images * 255.0), tf.uint8))
+        counts = [
+            tf.stack(metrics.per_example_confusion(masks, probabilities, threshold), axis=-1)
+            for threshold in THRESHOLDS
+        ]
+        return indices, weights, tf.stack(counts, axis=1)
+
+    @tf.function
+    def step(batch):
+        return strategy.run(replica_step, args=batch)
+
+    counts = np.zeros([len(rows), len(THRESHOLDS), 3], np.int64)
+    times_seen = np.zeros(len(rows), np.int64)
+    for batch in strategy.distribute_datasets_from_function(dataset_fn):
+        outputs = [strategy.experimental_local_results(x) for x in step(batch)]
+        for indices, weights, replica_counts in zip(*outputs):
+            real = weights.numpy() > 0
+            indices = indices.numpy()[real]
+            counts[indices] = replica_counts.numpy()[real]
+            np.add.at(times_seen, indices, 1)  # counts repeats within a batch too
+    if not np.all(times_seen == 1):
+        raise RuntimeError(f"evaluation saw images {times_seen.tolist()} times, not once each")
+    return counts
+
+
+def per_image_table(rows: pd.DataFrame, counts: np.ndarray) -> pd.DataFrame:
+    """One row per image at threshold 0.5, worst IoU first (ties by path)."""
+    tp, fp, fn = (counts[:, _AT_THRESHOLD, k] for k in range(3))
+    table = pd.DataFrame(
+        {
+            "path": rows["images"].astype(str).to_numpy(),
+            "group": rows["group"].astype(str).to_numpy(),
+            "iou": [metrics.iou_from_sums(*c) for c in zip(tp, fp, fn)],
+            "fscore": [metrics.fscore_from_sums(*c) for c in zip(tp, fp, fn)],
+            "predicted_area": tp + fp,
+            "true_area": tp + fn,
+        }
+    )
+    return table.sort_values(["iou", "path"], ignore_index=True)
+
+
+def _scores(counts: np.ndarray) -> dict:
+    """iou, fscore, mean_image_iou and num_images of some images' counts at 0.5."""
+    tp, fp, fn = (int(c) for c in counts[:, _AT_THRESHOLD].sum(axis=0))
+    image_ious = [metrics.iou_from_sums(*c) for c in counts[:, _AT_THRESHOLD]]
+    return {
+        "iou": metrics.iou_from_sums(tp, fp, fn),
+        "fscore": metrics.fscore_from_sums(tp, fp, fn),
+        "mean_image_iou": float(np.mean(image_ious)),
+        "num_images": len(counts),
+    }
+
+
+def summarize(rows: pd.DataFrame, counts: np.ndarray) -> dict:
+    """The summary.json figures (module docstring) of `count_confusions`' counts."""
+    summary = _scores(counts)
+    tp, fp, fn = (int(c) for c in counts[:, _AT_THRESHOLD].sum(axis=0))
+    summary.update(tp=tp, fp=fp, fn=fn, threshold=THRESHOLD)
+    totals = counts.sum(axis=0)  # [thresholds, 3]
+    by_threshold = {f"{t:.1f}": metrics.iou_from_sums(*totals[i]) for i, t in enumerate(THRESHOLDS)}
+    summary["iou_at_threshold"] = by_threshold
+    summary["best_threshold"] = float(max(by_threshold, key=by_threshold.get))
+    groups = rows["group"].astype(str).to_numpy()
+    summary["groups"] = {
+        name: _scores(counts[groups == name]) for name in sorted(set(groups), key=_natural)
+    }
+    return summary
+
+
+def _natural(name: str):
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+def default_output_dir(trained: serving.TrainedModel) -> str:
+    """WORKDIR/eval for a work directory, EXPORT_eval beside an export."""
+    if trained.kind == "workdir":
+        return os.path.join(trained.path, "eval")
+    return os.path.normpath(trained.path) + "_eval"
+
+
+def write_results(output_dir: str, summary: dict, table: pd.DataFrame) -> None:
+    """Writes summary.json and per_image.csv (each replaced atomically)."""
+    checkpoint.write_json_atomically(os.path.join(output_dir, "summary.json"), summary)
+    partial = os.path.join(output_dir, f".per_image.csv.{os.getpid()}.tmp")
+    table.to_csv(partial, index=False, float_format="%.6f")
+    os.replace(partial, os.path.join(output_dir, "per_image.csv"))
+
+
+def _global_batch_size(requested: int, num_replicas: int) -> int:
+    if requested <= 0:
+        return DEFAULT_PER_REPLICA_BATCH_SIZE * num_replicas
+    if requested % num_replicas:
+        raise UserError(
+            f"--batch_size={requested} does not divide over {num_replicas} replicas; "
+            f"use a multiple of {num_replicas}"
+        )
+    return requested
+
+
+@exit_on_user_error
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    distribute.configure_cpu_devices(FLAGS.num_cpu_devices)
+    strategy = distribute.make_strategy(FLAGS.strategy)
+    distribute.describe(strategy)
+    global_batch_size = _global_batch_size(FLAGS.batch_size, strategy.num_replicas_in_sync)
+    serving.model_kind(FLAGS.model)  # a wrong path fails before any slow work
+    with strategy.scope():
+        trained = serving.load_trained_model(FLAGS.model)
+    output_dir = FLAGS.output_dir or default_output_dir(trained)
+    os.makedirs(output_dir, exist_ok=True)
+    fallback_dir = trained.path if trained.kind == "workdir" else output_dir
+    rows = select_rows(FLAGS.data_root, FLAGS.split, fallback_dir=fallback_dir)
+    logging.info("Evaluating %s on %d %s images", trained.path, len(rows), FLAGS.split)
+
+    counts = count_confusions(trained, rows, strategy, global_batch_size=global_batch_size)
+    summary = summarize(rows, counts)
+    summary.update(model=os.path.abspath(trained.path), split=FLAGS.split)
+    summary.update(data_root=os.path.abspath(FLAGS.data_root), image_size=trained.image_size)
+    write_results(output_dir, summary, per_image_table(rows, counts))
+
+    for name, scores in summary["groups"].items():
+        logging.info(
+            "group %s: IoU %.4f F1 %.4f mean image IoU %.4f (%d images)",
+            name,
+            scores["iou"],
+            scores["fscore"],
+            scores["mean_image_iou"],
+            scores["num_images"],
+        )
+    print(
+        f"{FLAGS.split}: IoU {summary['iou']:.4f} F1 {summary['fscore']:.4f} on "
+        f"{summary['num_images']} images (best threshold {summary['best_threshold']}); "
+        f"results in {output_dir}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,159 @@
+"""Exports a work directory's best model as a SavedModel or a TensorFlow Lite file.
+
+    python -m trainer.export --model=runs/demo --format=saved_model
+    python -m trainer.export --model=runs/demo --format=tflite --quantize=float16
+    python -m trainer.export --model=runs/demo --format=tflite --quantize=int8 --data_root=data
+
+The network is rebuilt in float32 from WORKDIR/config.json with the best
+validation weights (else the latest checkpoint).
+
+saved_model  the two serving signatures of trainer.serving; default WORKDIR/export
+tflite       the network alone at its fixed input size, for on-device apps:
+             float32 `[1, s, s, 3]` in 0..1 -> float32 probabilities `[1, s, s, 1]`
+             (resizing and /255 are the app's). Default WORKDIR/model.tflite, or
+             model_float16.tflite / model_int8.tflite.
+             --quantize=float16 halves the file (weights in float16);
+             --quantize=int8 quarters it and calibrates activations on
+             --num_calibration_images training images, from --data_root or the
+             data root recorded in config.json. Inputs and outputs stay float32.
+"""
+
+import os
+
+from trainer import serving
+from trainer.data import manifest, pipeline
+from trainer.errors import UserError, exit_on_user_error
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from absl import app, flags, logging
+
+FORMATS = ("saved_model", "tflite")
+QUANTIZATIONS = ("float16", "int8")
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defines the command-line flags; called by the entry point only.
+
+    Importing this module beside the other entry points then defines no flag twice.
+    """
+    flags.DEFINE_string("model", None, "The training work directory to export.")
+    flags.DEFINE_enum("format", "saved_model", FORMATS, "What to write.")
+    flags.DEFINE_enum("quantize", None, QUANTIZATIONS, "TFLite only: weight/activation types.")
+    flags.DEFINE_string("output", None, "Folder (saved_model) or file (tflite) to write.")
+    flags.DEFINE_string("data_root", None, "int8 only: data set for calibration images.")
+    flags.DEFINE_integer("num_calibration_images", 32, "int8 only: images to calibrate on.")
+    flags.mark_flags_as_required(["model"])
+
+
+def default_output(workdir: str, output_format: str, quantize: str | None) -> str:
+    """WORKDIR/export, or WORKDIR/model[_QUANTIZE].tflite."""
+    if output_format == "saved_model":
+        return os.path.join(workdir, "export")
+    return os.path.join(workdir, f"model_{quantize}.tflite" if quantize else "model.tflite")
+
+
+def calibration_rows(trained: serving.TrainedModel, data_root: str | None) -> pd.DataFrame:
+    """The training manifest of `data_root`, else of the data root the run was trained on.
+
+    Raises:
+        UserError: no data root is given and the recorded one is not a folder here.
+    """
+    if data_root is None:
+        data_root = trained.config.get("run", {}).get("data_root")
+        if not data_root or not os.path.isdir(data_root):
+            raise UserError(
+                "--quantize=int8 calibrates on sample images, but the data root recorded in "
+                f"{os.path.join(trained.path, 'config.json')} ({data_root}) is not a folder "
+                "here; pass --data_root=DIR"
+            )
+    train, _ = manifest.read_manifests(data_root, fallback_dir=trained.path)
+    return train
+
+
+def calibration_images(rows: pd.DataFrame, size_px: int, count: int) -> np.ndarray:
+    """float32 `[n, size_px, size_px, 3]` in 0..1: up to `count` rows spread over the manifest."""
+    chosen = np.unique(np.linspace(0, len(rows) - 1, num=min(count, len(rows))).round().astype(int))
+    images = [
+        serving.resize_images(pipeline.decode_image(rows["images"].iloc[i]), size_px)
+        for i in chosen
+    ]
+    return np.stack([image.numpy() for image in images]).astype(np.float32) / 255.0
+
+
+def tflite_bytes(
+    model: tf.keras.Model, *, quantize: str | None = None, calibration: np.ndarray | None = None
+) -> bytes:
+    """Converts a float32 Keras model to a TFLite flatbuffer.
+
+    Args:
+        model: float images `[b, s, s, 3]` in 0..1 -> probabilities `[b, s, s, 1]`.
+        quantize: None (float32), 'float16' or 'int8'.
+        calibration: int8 only: float32 images `[n, s, s, 3]` covering the data.
+
+    Returns:
+        The .tflite file's bytes; its input is `[1, s, s, 3]` float32.
+    """
+    size_px = model.input_shape[1]
+    function = tf.function(lambda images: model(images, training=False))
+    concrete = function.get_concrete_function(
+        tf.TensorSpec([1, size_px, size_px, 3], tf.float32, name="images")
+    )
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    if quantize == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        if calibration is None or not len(calibration):
+            raise ValueError("int8 quantization needs calibration images")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+    elif quantize is not None:
+        raise ValueError(f"quantize must be None, 'float16' or 'int8', got {quantize!r}")
+    return converter.convert()
+
+
+def write_atomically(path: str, payload: bytes) -> None:
+    """Writes bytes to `path` through a temporary file, so no reader sees half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    partial = f"{path}.{os.getpid()}.tmp"
+    with open(partial, "wb") as f:
+        f.write(payload)
+    os.replace(partial, path)
+
+
+@exit_on_user_error
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if serving.model_kind(FLAGS.model) != "workdir":
+        raise UserError(
+            f"--model={FLAGS.model} is an export already; give the work directory it came "
+            "from (the one holding config.json)"
+        )
+    if FLAGS.quantize and FLAGS.format != "tflite":
+        raise UserError(f"--quantize={FLAGS.quantize} applies to --format=tflite only")
+    trained = serving.load_trained_model(FLAGS.model)
+    output = FLAGS.output or default_output(trained.path, FLAGS.format, FLAGS.quantize)
+
+    if FLAGS.format == "saved_model":
+        serving.export_saved_model(trained.keras_model, output)
+    else:
+        calibration = None
+        if FLAGS.quantize == "int8":
+            rows = calibration_rows(trained, FLAGS.data_root)
+            calibration = calibration_images(rows, trained.image_size, FLAGS.num_calibration_images)
+            logging.info("Calibrating int8 on %d training images", len(calibration))
+        payload = tflite_bytes(
+            trained.keras_model, quantize=FLAGS.quantize, calibration=calibration
+        )
+        write_atomically(output, payload)
+    print(f"wrote {output}", flush=True)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

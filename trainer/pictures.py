@@ -1,0 +1,142 @@
+"""Pictures of validation predictions during training: WORKDIR/samples/step_N.png.
+
+A few validation images are decoded once at the start (`take_samples`); at each
+evaluation `write_samples` predicts them and draws a grid, one column per image:
+the photo, the true mask, and the predicted probabilities captioned with
+the image's IoU at 0.5. The grid goes to a PNG, to TensorBoard (`tf.summary.image`)
+and to wandb when they are given, and is returned as an image tensor.
+"""
+
+import dataclasses
+import os
+
+from trainer import metrics
+from trainer.data import pipeline
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+SAMPLES_DIR = "samples"
+_CELL_INCHES = 1.6
+_DPI = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Samples:
+    """A fixed batch of validation examples at the model's size.
+
+    Attributes:
+        images: uint8 `[n, s, s, 3]`.
+        masks: uint8 `[n, s, s, 1]` in {0, 1}.
+        names: the image file names, for captions.
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    names: list[str]
+
+
+def take_samples(rows: pd.DataFrame, image_size: int, num_samples: int = 8) -> Samples:
+    """Decodes `num_samples` rows spread evenly over `rows`, as validation decodes them.
+
+    Rows are sorted by path and groups are folders, so spreading the picks
+    shows every group of a large enough set.
+    """
+    count = min(num_samples, len(rows))
+    chosen = np.unique(np.linspace(0, len(rows) - 1, num=count).round().astype(int))
+    images, masks = [], []
+    for i in chosen:
+        image = pipeline.decode_image(rows["images"].iloc[i])
+        mask = pipeline.decode_mask(rows["masks"].iloc[i])
+        image, mask = pipeline.resize_pair(image, mask, image_size)
+        images.append(image.numpy())
+        masks.append(mask.numpy())
+    names = [os.path.basename(rows["images"].iloc[i]) for i in chosen]
+    return Samples(np.stack(images), np.stack(masks), names)
+
+
+def draw_grid(samples: Samples, probabilities: np.ndarray, *, title: str) -> np.ndarray:
+    """Draws photos, true masks and predicted probabilities in rows; returns RGB uint8.
+
+    Args:
+        samples: the examples.
+        probabilities: float `[n, s, s, 1]`, the model's output for them.
+        title: the figure's title.
+
+    Returns:
+        uint8 `[height, width, 3]`.
+    """
+    # The object-oriented API, not pyplot: no global figure state, safe off the main thread.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    tp, fp, fn = (c.numpy() for c in metrics.per_example_confusion(samples.masks, probabilities))
+    count = len(samples.images)
+    figure = Figure(figsize=(_CELL_INCHES * count, _CELL_INCHES * 3 + 0.5), dpi=_DPI)
+    canvas = FigureCanvasAgg(figure)
+    axes = figure.subplots(3, count, squeeze=False)
+    for j in range(count):
+        axes[0, j].imshow(samples.images[j])
+        axes[0, j].set_title(samples.names[j], fontsize=7)
+        axes[1, j].imshow(samples.masks[j, ..., 0], cmap="gray", vmin=0, vmax=1)
+        axes[2, j].imshow(probabilities[j, ..., 0], cmap="gray", vmin=0, vmax=1)
+        axes[2, j].set_xlabel(f"IoU {metrics.iou_from_sums(tp[j], fp[j], fn[j]):.2f}", fontsize=8)
+        for axis in axes[:, j]:
+            axis.set_xticks([])
+            axis.set_yticks([])
+    for axis, label in zip(axes[:, 0], ("photo", "true mask", "predicted")):
+        axis.set_ylabel(label)
+    figure.suptitle(title)
+    figure.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def write_samples(
+    model,
+    samples: Samples,
+    *,
+    step: int,
+    workdir: str,
+    summary_writer: tf.summary.SummaryWriter | None = None,
+    wandb_run=None,
+) -> tf.Tensor:
+    """Predicts the samples and saves their grid as WORKDIR/samples/step_N.png.
+
+    Cheap enough for every evaluation: one forward pass on a few images and a
+    small figure. Call it on the chief only.
+
+    Args:
+        model: the network (float images `[b, s, s, 3]` in 0..1 -> probabilities),
+            called eagerly on the host.
+        samples: from `take_samples`, taken once.
+        step: the training step, in the file name and the title.
+        workdir: the work directory.
+        summary_writer: when given, the grid is logged as `valid/samples` to TensorBoard.
+        wandb_run: when given, the grid is logged as `valid/samples` to wandb.
+
+    Returns:
+        The grid as a uint8 `[1, height, width, 3]` tensor, for `tf.summary.image`.
+    """
+    inputs = tf.constant(samples.images, tf.float32) / 255.0
+    probabilities = tf.cast(model(inputs, training=False), tf.float32).numpy()
+    grid = draw_grid(samples, probabilities, title=f"step {step}")
+
+    directory = os.path.join(workdir, SAMPLES_DIR)
+    os.makedirs(directory, exist_ok=True)
+    encoded = tf.io.encode_png(grid).numpy()
+    partial = os.path.join(directory, f".step_{step}.png.tmp")
+    with open(partial, "wb") as f:
+        f.write(encoded)
+    os.replace(partial, os.path.join(directory, f"step_{step}.png"))
+
+    image = tf.constant(grid[None])
+    if summary_writer is not None:
+        with summary_writer.as_default(step=step):
+            tf.summary.image("valid/samples", image, max_outputs=1)
+    if wandb_run is not None:
+        import wandb  # imported on demand: slow to import and optional
+
+        wandb_run.log({"valid/samples": wandb.Image(grid, caption=f"step {step}")}, step=step)
+    return image

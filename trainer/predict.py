@@ -1,0 +1,245 @@
+"""Predicts masks for photos of any size: a binary mask and an overlay per photo.
+
+    python -m trainer.predict --model=runs/demo --input='photos/*.jpg' --output=predictions
+    python -m trainer.predict --model=runs/demo/export --input=photos --output=out --tta
+
+--model is a work directory or a SavedModel export (see trainer.serving);
+--input a file, a folder (its image files, not recursive) or a glob. For each
+photo NAME.ext the output folder gets
+
+  NAME_mask.png     0/255 at the photo's original size
+  NAME_overlay.png  the photo with the mask tinted over it and its contour drawn
+
+Photos are decoded as training decodes them (TensorFlow, EXIF orientation not
+applied), resized to the model's size in a tf.data pipeline, predicted in
+batches, and the probabilities resized back before thresholding. A photo that
+cannot be read is skipped with a warning naming it; the run fails (exit 1)
+only when no photo could be read.
+"""
+
+import collections
+import concurrent.futures
+import glob
+import os
+import sys
+
+from trainer import serving
+from trainer.data import manifest, pipeline
+from trainer.errors import UserError, exit_on_user_error
+
+import cv2
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+
+OVERLAY_COLOUR_RGB = (0, 255, 128)
+OVERLAY_ALPHA = 0.45  # share of the tint in the overlay's masked pixels
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defines the command-line flags; called by the entry point only.
+
+    Importing this module beside the other entry points then defines no flag twice.
+    """
+    flags.DEFINE_string("model", None, "A training work directory, or a SavedModel export.")
+    flags.DEFINE_string("input", None, "An image file, a folder of images, or a glob.")
+    flags.DEFINE_string("output", None, "Folder for NAME_mask.png and NAME_overlay.png.")
+    flags.DEFINE_float("threshold", 0.5, "A pixel is foreground when its probability is above.")
+    flags.DEFINE_bool("tta", False, "Average with the prediction of the mirrored photo.")
+    flags.DEFINE_integer("batch_size", 8, "Photos per inference batch.")
+    flags.mark_flags_as_required(["model", "input", "output"])
+
+
+def find_inputs(pattern: str) -> list[str]:
+    """The image files named by a file, a folder (not recursive) or a glob, sorted.
+
+    A file named directly is taken whatever its extension; folders and globs
+    yield the files with an image extension only.
+
+    Raises:
+        UserError: nothing matches.
+    """
+    if os.path.isfile(pattern):
+        return [pattern]
+    if os.path.isdir(pattern):
+        candidates = [os.path.join(pattern, name) for name in os.listdir(pattern)]
+    else:
+        candidates = glob.glob(pattern, recursive=True)
+    paths = sorted(
+        path
+        for path in candidates
+        if os.path.isfile(path) and os.path.splitext(path)[1].lower() in manifest.IMAGE_EXTENSIONS
+    )
+    if not paths:
+        extensions = ", ".join(sorted(manifest.IMAGE_EXTENSIONS))
+        raise UserError(
+            f"--input={pattern} matches no image file ({extensions}); give a file, a folder "
+            "or a quoted glob such as 'photos/*.jpg'"
+        )
+    return paths
+
+
+def output_names(paths: list[str]) -> list[str]:
+    """NAME of each output: the file stem, with the extension added where stems clash."""
+    stems = [os.path.splitext(os.path.basename(path))[0] for path in paths]
+    counts = collections.Counter(stems)
+    names = []
+    for path, stem in zip(paths, stems):
+        if counts[stem] > 1:
+            stem = f"{stem}_{os.path.splitext(path)[1].lstrip('.').lower()}"
+        names.append(stem)
+    # Same stem and extension in different folders of a glob: number them.
+    seen = collections.Counter()
+    for i, name in enumerate(names):
+        seen[name] += 1
+        if seen[name] > 1:
+            names[i] = f"{name}_{seen[name]}"
+    return names
+
+
+def make_photo_dataset(paths: list[str], size_px: int, photos_per_batch: int) -> tf.data.Dataset:
+    """Batches of `(index, photo, height_width, resized)` for the readable photos.
+
+    photo: uint8 `[b, H, W, 3]`, the batch's photos zero-padded to the largest;
+    height_width: int32 `[b, 2]`; resized: uint8 `[b, size_px, size_px, 3]`.
+    Unreadable photos are dropped; their indices are missing from the batches.
+    """
+
+    def load(index, path):
+        photo = pipeline.decode_image(path)
+        return index, photo, tf.shape(photo)[:2], serving.resize_images(photo, size_px)
+
+    dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.ignore_errors()
+    dataset = dataset.padded_batch(photos_per_batch)
+    return dataset.prefetch(2)
+
+
+def make_predict_fn(trained: serving.TrainedModel, *, tta: bool):
+    """uint8 `[b, s, s, 3]` -> probabilities `[b, s, s, 1]`, mirrored-averaged if tta."""
+
+    @tf.function
+    def predict(images):
+        probabilities = trained.predict(images)
+        if tta:
+            mirrored = trained.predict(tf.reverse(images, axis=[2]))
+            probabilities = (probabilities + tf.reverse(mirrored, axis=[2])) / 2.0
+        return probabilities
+
+    return predict
+
+
+def draw_overlay(photo: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The photo (RGB uint8 `[h, w, 3]`) with the mask (bool `[h, w]`) tinted and outlined."""
+    overlay = photo.copy()
+    colour = np.array(OVERLAY_COLOUR_RGB, np.float32)
+    overlay[mask] = np.round((1 - OVERLAY_ALPHA) * photo[mask] + OVERLAY_ALPHA * colour).astype(
+        np.uint8
+    )
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    thickness = max(1, round(min(mask.shape) / 250))  # visible on large photos too
+    cv2.drawContours(overlay, contours, -1, OVERLAY_COLOUR_RGB, thickness)
+    return overlay
+
+
+def write_png(path: str, image: np.ndarray) -> None:
+    """Writes a grayscale or RGB uint8 image; raises OSError when it cannot."""
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError(f"cannot encode {path} as PNG")
+    with open(path, "wb") as f:
+        f.write(encoded.tobytes())
+
+
+def predict_files(
+    trained: serving.TrainedModel,
+    paths: list[str],
+    output_dir: str,
+    *,
+    threshold: float = 0.5,
+    tta: bool = False,
+    photos_per_batch: int = 8,
+) -> list[str]:
+    """Writes NAME_mask.png and NAME_overlay.png for each readable photo.
+
+    Returns:
+        The paths that could not be read (each also logged as a warning).
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    names = output_names(paths)
+    predict = make_predict_fn(trained, tta=tta)
+    skipped = []
+
+    def skip(first, stop):
+        # The dataset drops unreadable photos: a gap in the indices names them.
+        for index in range(first, stop):
+            logging.warning("skipped %s: not a readable image", paths[index])
+            skipped.append(paths[index])
+
+    def write(index, photo, probabilities):
+        mask = probabilities[..., 0] > threshold
+        stem = os.path.join(output_dir, names[index])
+        write_png(f"{stem}_mask.png", mask.astype(np.uint8) * 255)
+        write_png(f"{stem}_overlay.png", draw_overlay(photo, mask))
+
+    # PNG encoding releases the GIL: files are written while the next batch predicts.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as writers:
+        pending, next_index = collections.deque(), 0
+        for indices, photos, sizes, resized in make_photo_dataset(
+            paths, trained.image_size, photos_per_batch
+        ):
+            probabilities = predict(resized)
+            for index, photo, (height, width), one in zip(
+                indices.numpy(), photos.numpy(), sizes.numpy(), probabilities
+            ):
+                skip(next_index, index)
+                next_index = index + 1
+                restored = serving.resize_probabilities(one, height, width).numpy()
+                pending.append(writers.submit(write, index, photo[:height, :width], restored))
+            while len(pending) > 2 * photos_per_batch:  # bounds the photos held in memory
+                pending.popleft().result()
+        skip(next_index, len(paths))
+        for future in pending:
+            future.result()  # raises the first write error, if any
+    return skipped
+
+
+@exit_on_user_error
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not 0.0 < FLAGS.threshold < 1.0:
+        raise UserError(f"--threshold={FLAGS.threshold} must be between 0 and 1")
+    if FLAGS.batch_size < 1:
+        raise UserError(f"--batch_size={FLAGS.batch_size} must be at least 1")
+    serving.model_kind(FLAGS.model)  # a wrong path fails before any slow work
+    paths = find_inputs(FLAGS.input)
+    trained = serving.load_trained_model(FLAGS.model)
+    logging.info("Predicting %d image(s) with %s", len(paths), trained.path)
+    skipped = predict_files(
+        trained,
+        paths,
+        FLAGS.output,
+        threshold=FLAGS.threshold,
+        tta=FLAGS.tta,
+        photos_per_batch=FLAGS.batch_size,
+    )
+    done = len(paths) - len(skipped)
+    if done == 0:
+        print(f"error: none of the {len(paths)} input image(s) could be read", file=sys.stderr)
+        return 1
+    note = f" ({len(skipped)} unreadable, skipped)" if skipped else ""
+    print(f"wrote masks and overlays of {done} image(s) to {FLAGS.output}{note}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
