@@ -16,12 +16,11 @@ def workdir(tmp_path_factory, synthetic_root):
 @pytest.fixture(scope="module")
 def synthetic_images(synthetic_root):
     """Every synthetic photo at the model's 64 px, uint8 `[48, 64, 64, 3]`."""
-    from trainer import serving
     from trainer.data import manifest, pipeline
 
     train, valid = manifest.read_manifests(synthetic_root)
     paths = [*train["images"], *valid["images"]]
-    return np.stack([serving.resize_images(pipeline.decode_image(p), 64).numpy() for p in paths])
+    return np.stack([pipeline.resize_image(pipeline.decode_image(p), 64).numpy() for p in paths])
 
 
 @pytest.fixture(scope="module")

@@ -150,3 +150,13 @@ def test_weighted_validation_pads_every_pipeline_to_equal_full_batches(frame):
         real.append(int(sum(float(tf.reduce_sum(b[2])) for b in batches)))
     # 6 files per pipeline, 4 examples per step on each: 2 steps, 8 examples, 2 of them padding.
     assert batch_counts == [4, 4] and real == [6, 6]
+
+
+def test_training_skips_a_file_damaged_after_the_check(frame, tmp_path):
+    damaged = frame.copy()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    damaged.loc[0, "images"] = str(broken)
+    config = _data_config(augment=False, batch_size=11)
+    images, _ = next(iter(pipeline.make_dataset(damaged, config, training=True, seed=0)))
+    assert 0 not in _ids(images) and len(set(_ids(images))) == 11

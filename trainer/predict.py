@@ -109,7 +109,7 @@ def make_photo_dataset(paths: list[str], size_px: int, photos_per_batch: int) ->
 
     def load(index, path):
         photo = pipeline.decode_image(path)
-        return index, photo, tf.shape(photo)[:2], serving.resize_images(photo, size_px)
+        return index, photo, tf.shape(photo)[:2], pipeline.resize_image(photo, size_px)
 
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -29,6 +29,7 @@ import os
 import shutil
 from collections.abc import Callable
 
+from trainer.data import pipeline
 from trainer.errors import UserError
 
 import ml_collections
@@ -41,16 +42,6 @@ IMAGES_SIGNATURE = "serve_images"
 
 
 # ---------------------------------------------------------------- graph pieces
-
-
-def resize_images(images: tf.Tensor, size_px: int) -> tf.Tensor:
-    """Resizes uint8 images `[..., h, w, 3]` to `[..., size_px, size_px, 3]` uint8.
-
-    The same arithmetic as `pipeline.resize_pair` applies to training images,
-    so a served photo reaches the network exactly as a training photo did.
-    """
-    resized = tf.image.resize(images, [size_px, size_px], antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
 def resize_probabilities(probabilities: tf.Tensor, height, width) -> tf.Tensor:
@@ -72,7 +63,7 @@ def make_signatures(model: tf.keras.Model) -> dict:
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serve_images(images):
         shape = tf.shape(images)
-        probabilities = _model_probabilities(model, resize_images(images, size_px))
+        probabilities = _model_probabilities(model, pipeline.resize_image(images, size_px))
         return {"probabilities": resize_probabilities(probabilities, shape[1], shape[2])}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
@@ -80,7 +71,7 @@ def make_signatures(model: tf.keras.Model) -> dict:
         def decode(data):
             image = tf.io.decode_image(data, channels=3, expand_animations=False)
             image.set_shape([None, None, 3])
-            return resize_images(image, size_px), tf.shape(image)[:2]
+            return pipeline.resize_image(image, size_px), tf.shape(image)[:2]
 
         # Photos of different sizes cannot be stacked: each is decoded and resized
         # to the model's size alone, the network runs on the stacked batch, and

@@ -43,14 +43,23 @@ def decode_mask(path: tf.Tensor) -> tf.Tensor:
     return tf.where(is_label_index, mask, tf.cast(mask > BINARY_THRESHOLD, tf.uint8))
 
 
+def resize_image(image: tf.Tensor, size_px: int) -> tf.Tensor:
+    """Resizes uint8 images `[..., h, w, 3]` to uint8 `[..., size_px, size_px, 3]`.
+
+    Antialiased bilinear, rounded: training, evaluation and the exported
+    serving graph all use this, so a photo reaches the network the same way.
+    """
+    resized = tf.image.resize(image, [size_px, size_px], antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
 def resize_pair(image: tf.Tensor, mask: tf.Tensor, size_px: int):
-    """Resizes an image (antialiased bilinear) and its mask (bilinear, re-binarised).
+    """Resizes an image (`resize_image`) and its mask (bilinear, re-binarised).
 
     Returns:
         uint8 image `[size_px, size_px, 3]`, uint8 mask `[size_px, size_px, 1]` in {0, 1}.
     """
-    image = tf.image.resize(image, [size_px, size_px], antialias=True)
-    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    image = resize_image(image, size_px)
     mask = tf.image.resize(tf.cast(mask, tf.float32), [size_px, size_px])
     mask = tf.cast(mask >= 0.5, tf.uint8)
     return image, mask
@@ -153,6 +162,8 @@ def make_dataset(
         ds = ds.enumerate().map(lambda position, index: (index, position + pipeline_salt))
         ds = ds.skip(skip_examples)
         ds = ds.map(load, num_parallel_calls=num_parallel_calls)
+        # prepare checked every file; one damaged since then must not end a long run.
+        ds = ds.ignore_errors(log_warning=True)
         if data_config.augment:
             ds = ds.map(_augment_fn(size_px), num_parallel_calls=num_parallel_calls)
         else:
