@@ -39,6 +39,7 @@ class TrainingState:
         )
         self._is_chief = is_chief
         directory = os.path.join(workdir, CHECKPOINT_DIR)
+        self._restore_directory = directory
         if not is_chief:
             directory = tempfile.mkdtemp(prefix="worker_checkpoints_")
         self._directory = directory
@@ -60,7 +61,8 @@ class TrainingState:
         Raises:
             UserError: when checkpoints exist and none of them can be read.
         """
-        candidates = list(reversed(self.manager.checkpoints))
+        saved = tf.train.get_checkpoint_state(self._restore_directory)
+        candidates = list(reversed(saved.all_model_checkpoint_paths)) if saved else []
         for path in candidates:
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()

@@ -9,7 +9,9 @@ A restart on the same work directory resumes from its latest checkpoint.
 """
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 from trainer import (
@@ -63,6 +65,9 @@ def main(argv):
     strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
     distribute.describe(strategy)
     is_chief = distribute.is_chief(strategy)
+    # Saving weights, exporting and drawing samples read synchronised batch-norm
+    # statistics, a collective op: every worker does them, non-chiefs in a temp dir.
+    save_dir = workdir if is_chief else tempfile.mkdtemp(prefix="worker_results_")
     num_replicas = strategy.num_replicas_in_sync
     if FLAGS.strategy == "tpu":
         adapt_to_tpu(config)
@@ -140,7 +145,7 @@ def main(argv):
     writer = report.MetricsWriter(workdir, enabled=is_chief, wandb_run=wandb_run)
     writer.drop_after(start_step)
     samples = None
-    if is_chief and config.log.num_samples > 0:
+    if config.log.num_samples > 0:
         samples = pictures.take_samples(valid_rows, config.data.image_size, config.log.num_samples)
 
     # --- Loop -------------------------------------------------------------------
@@ -166,13 +171,13 @@ def main(argv):
             window = _TrainWindow()
         if is_due(current, plan["eval_every"], total_steps):
             results = loop.evaluate(eval_fn, valid_dataset)
-            _record_evaluation(workdir, model, state, writer, current, results, is_chief)
+            _record_evaluation(save_dir, model, state, writer, current, results)
             if samples is not None:
                 pictures.write_samples(
                     model,
                     samples,
                     step=current,
-                    workdir=workdir,
+                    workdir=save_dir,
                     summary_writer=writer.summary_writer,
                     wandb_run=wandb_run,
                 )
@@ -192,11 +197,17 @@ def main(argv):
         logging.warning("%s", message)
         print(message, flush=True)
         writer.close()
+        if not is_chief:
+            shutil.rmtree(save_dir, ignore_errors=True)
         return
 
     # --- Results ---------------------------------------------------------------
     if is_chief:
         _finish(workdir, model, writer)
+    else:
+        checkpoint.load_best_weights(save_dir, model)
+        serving.export_saved_model(model, os.path.join(save_dir, "export"))
+        shutil.rmtree(save_dir, ignore_errors=True)
     writer.close()
 
 
@@ -237,13 +248,12 @@ class _DivergenceGuard:
             )
 
 
-def _record_evaluation(workdir, model, state, writer, step, results, is_chief):
+def _record_evaluation(save_dir, model, state, writer, step, results):
     values = {k: results[k] for k in ("loss", "iou", "fscore", "num_examples")}
     writer.write(step, "valid", values)
     if results["iou"] > float(state.best_iou.numpy()):
         state.best_iou.assign(results["iou"])
-        if is_chief:
-            checkpoint.save_best_weights(workdir, model, step=step, results=values)
+        checkpoint.save_best_weights(save_dir, model, step=step, results=values)
 
 
 def _finish(workdir: str, model: tf.keras.Model, writer: report.MetricsWriter) -> None:
