@@ -99,3 +99,22 @@ def test_file_that_is_not_h5_weights_is_a_user_error(tmp_path):
     path.write_text("not hdf5")
     with pytest.raises(UserError, match="not a Keras .h5"):
         model_lib.build_model(_model_config(encoder_weights=str(path)), image_size=64)
+
+
+def test_repeat_upsampling_equals_nearest_upsampling():
+    features = tf.random.uniform([2, 5, 7, 3])
+    expected = tf.keras.layers.UpSampling2D(size=2)(features)
+    np.testing.assert_array_equal(model_lib.RepeatUpsampling2D(size=2)(features), expected)
+
+
+def test_unet_trains_under_xla(unet):
+    # UpSampling2D's gradient has no XLA kernel off TPU; the rebuilt layers do.
+    assert not any(isinstance(layer, tf.keras.layers.UpSampling2D) for layer in unet.layers)
+
+    @tf.function(jit_compile=True)
+    def gradient_norm(images):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(unet(images, training=True))
+        return tf.linalg.global_norm(tape.gradient(loss, unet.trainable_variables))
+
+    assert np.isfinite(float(gradient_norm(tf.random.uniform([2, 64, 64, 3]))))

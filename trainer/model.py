@@ -98,9 +98,7 @@ def build_model(
     sync = model_config.sync_batchnorm
     if sync is None:
         sync = num_replicas > 1
-    if sync:
-        model = synchronize_batchnorm(model)
-    return model
+    return rebuild_layers(model, sync_batchnorm=sync)
 
 
 def _load_encoder_file(model: tf.keras.Model, path: str) -> None:
@@ -136,17 +134,48 @@ def _h5_layer_names(path: str) -> set[str]:
         ) from None
 
 
-def synchronize_batchnorm(model: tf.keras.Model) -> tf.keras.Model:
-    """Clones `model` with every BatchNormalization synchronised across replicas.
+@tf.keras.utils.register_keras_serializable(package="trainer")
+class RepeatUpsampling2D(tf.keras.layers.Layer):
+    """Nearest-neighbour upsampling by an integer factor, written with tf.repeat.
 
-    Per-replica batch statistics make a step on N replicas differ from the same
-    step on one, and small per-replica batches hurt accuracy. The clone keeps
-    the weights of `model`.
+    Same output as `UpSampling2D(interpolation='nearest')`, whose gradient op
+    (ResizeNearestNeighborGrad) has no XLA kernel outside TPUs, so a U-Net
+    built with it cannot train with `jit_compile=True`; tf.repeat's gradient can.
+    """
+
+    def __init__(self, size=(2, 2), **kwargs):
+        super().__init__(**kwargs)
+        self.size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+
+    def call(self, inputs):
+        rows = tf.repeat(inputs, self.size[0], axis=1)
+        return tf.repeat(rows, self.size[1], axis=2)
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = tf.TensorShape(input_shape).as_list()
+        scale = lambda n, k: None if n is None else n * k
+        return tf.TensorShape(
+            [batch, scale(height, self.size[0]), scale(width, self.size[1]), channels]
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size}
+
+
+def rebuild_layers(model: tf.keras.Model, *, sync_batchnorm: bool) -> tf.keras.Model:
+    """Clones `model`, keeping its weights, with layers fit for distributed XLA training.
+
+    Nearest-neighbour UpSampling2D becomes `RepeatUpsampling2D` (XLA-compilable
+    gradient). With `sync_batchnorm`, every BatchNormalization is synchronised
+    across replicas: per-replica batch statistics make a step on N replicas
+    differ from the same step on one, and small per-replica batches hurt accuracy.
     """
 
     def clone_layer(layer):
         config = layer.get_config()
-        if isinstance(layer, tf.keras.layers.BatchNormalization):
+        if isinstance(layer, tf.keras.layers.UpSampling2D) and layer.interpolation == "nearest":
+            return RepeatUpsampling2D(size=layer.size, name=layer.name, dtype=layer.dtype_policy)
+        if sync_batchnorm and isinstance(layer, tf.keras.layers.BatchNormalization):
             config["synchronized"] = True
             config.pop("fused", None)  # fused kernels cannot synchronise
         return layer.__class__.from_config(config)
@@ -154,6 +183,11 @@ def synchronize_batchnorm(model: tf.keras.Model) -> tf.keras.Model:
     clone = tf.keras.models.clone_model(model, clone_function=clone_layer)
     clone.set_weights(model.get_weights())
     return clone
+
+
+def synchronize_batchnorm(model: tf.keras.Model) -> tf.keras.Model:
+    """Clones `model` with every BatchNormalization synchronised across replicas."""
+    return rebuild_layers(model, sync_batchnorm=True)
 
 
 def count_parameters(model: tf.keras.Model) -> int:

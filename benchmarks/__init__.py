@@ -1,0 +1,1 @@
+"""Throughput and memory benchmarks of the trainer; see benchmarks/README.md."""

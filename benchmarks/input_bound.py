@@ -1,0 +1,126 @@
+"""Is training input-bound? Train steps/s fed by the real pipeline vs by in-memory tensors.
+
+    python -m benchmarks.input_bound                     # configs/demo_cpu.py
+    python -m benchmarks.input_bound --config=configs/nail_unet_effb4.py --photo_px=768
+    python -m benchmarks.input_bound --quick             # proves it runs; no figures
+
+Both variants build the same model, optimizer and train function with the
+trainer's own functions, from the same seed, and run the same number of steps
+of `steps_per_execution` each (the config's):
+
+  pipeline  batches from `trainer.data.pipeline.make_dataset(..., training=True)`
+            over synthetic photos on disk (benchmarks/.data/), distributed with
+            `distribute_datasets_from_function` as trainer/train.py does.
+  memory    the first batch of that same pipeline, then
+            `tf.data.Dataset.from_tensors(batch).repeat()`: no input cost at all.
+
+Goal: pipeline / memory >= 0.9. On a CPU-only machine the pipeline's threads
+and the model's share the same cores, so the gap there is mostly contention.
+Encoder weights are never downloaded (`encoder_weights` is set to none).
+
+Each variant runs in its own process; TensorFlow is imported in the child only.
+"""
+
+import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from benchmarks import common
+
+common.define_common_flags()
+config_flags.DEFINE_config_file("config", "configs/demo_cpu.py", "Config file (configs/NAME.py).")
+flags.DEFINE_integer("num_images", 400, "Synthetic photos on disk (trainer.synthetic's default).")
+flags.DEFINE_integer("photo_px", 256, "Side of the photos on disk (trainer.synthetic's default).")
+flags.DEFINE_integer("warmup_calls", 2, "Train-function calls before timing, the first included.")
+flags.DEFINE_integer("calls", 20, "Timed train-function calls of steps_per_execution steps.")
+flags.DEFINE_string("data", None, "Internal: the data folder, for a child.")
+FLAGS = flags.FLAGS
+
+_QUICK = {"num_images": 16, "photo_px": 96, "warmup_calls": 1, "calls": 2}
+
+
+def run_child(variant: str) -> dict:
+    """Trains on one input and returns the timing."""
+    from trainer.data import pipeline
+
+    import tensorflow as tf
+
+    from benchmarks import harness
+
+    config = common.config_from_json(FLAGS.config_json)
+    strategy = harness.one_device_strategy()
+    trainee = harness.build_trainee(config, strategy)
+    frame = harness.data_frame(FLAGS.data)
+
+    def pipeline_fn(input_context):
+        return pipeline.make_dataset(
+            frame, config.data, input_context, training=True, seed=config.train.seed
+        )
+
+    if variant == "pipeline":
+        dataset_fn = pipeline_fn
+    else:
+        first = next(iter(pipeline_fn(tf.distribute.InputContext())))
+
+        def dataset_fn(_):
+            return tf.data.Dataset.from_tensors(first).repeat()
+
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    timing = harness.time_training(
+        trainee,
+        iterator,
+        steps_per_call=config.train.steps_per_execution,
+        warmup_calls=FLAGS.warmup_calls,
+        timed_calls=FLAGS.calls,
+    )
+    return {**timing, **harness.devices()}
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.child:
+        common.write_child_result(FLAGS.child_result, run_child(FLAGS.child))
+        return 0
+    common.use_quick_settings(FLAGS, _QUICK)
+    config_json = common.config_for_child(FLAGS.config, quick=FLAGS.quick)
+    config = common.config_from_json(config_json)
+    settings = {
+        "config": config_flags.get_config_filename(FLAGS["config"]),
+        "image_size": config.data.image_size,
+        "global_batch_size": config.data.batch_size,
+        "backbone": config.model.backbone,
+        "precision": config.train.precision,
+        "steps_per_execution": config.train.steps_per_execution,
+        **{name: FLAGS[name].value for name in ("num_images", "photo_px", "warmup_calls", "calls")},
+    }
+    title = "train steps/s: real pipeline vs in-memory tensors"
+    record = common.start("input_bound", title, settings, FLAGS)
+    root = common.synthetic_data(FLAGS.num_images, FLAGS.photo_px)
+    args = {
+        "config_json": config_json,
+        "data": root,
+        "warmup_calls": FLAGS.warmup_calls,
+        "calls": FLAGS.calls,
+    }
+    rows = [common.run_child("input_bound", variant, args) for variant in ("pipeline", "memory")]
+    by_variant = {row["variant"]: row for row in rows}
+    fraction = common.ratio(
+        by_variant["pipeline"].get("steps_per_sec"), by_variant["memory"].get("steps_per_sec")
+    )
+    goals = [common.goal("pipeline/memory steps/s", fraction, 0.9)]
+    columns = [
+        common.Column("variant", "input"),
+        common.Column("steps_per_sec", "steps/s", ".3f"),
+        common.Column("images_per_sec", "images/s", ".1f"),
+        common.Column("cores_busy", "cores busy", ".2f"),
+        common.Column("first_call_s", "first call s", ".1f"),
+        common.Column("loss", "last loss", ".4f"),
+        common.Column("peak_rss_mib", "peak RSS MiB", ".0f"),
+    ]
+    return common.finish(record, rows, columns, goals=goals)
+
+
+if __name__ == "__main__":
+    app.run(main)

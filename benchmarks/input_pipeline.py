@@ -1,0 +1,247 @@
+"""The seed's tf.data pipeline against ours: time to first batch, images/s, peak memory.
+
+    python -m benchmarks.input_pipeline                  # 200 and 2000 photos of 768 px
+    python -m benchmarks.input_pipeline --sizes=200,2000 --photo_px=768 --image_px=384
+    python -m benchmarks.input_pipeline --quick          # proves it runs; no figures
+
+Both pipelines read the same synthetic photos (written once to benchmarks/.data/)
+and deliver training batches of the same size at the same image size:
+
+  seed  the tutorial's `tf_dataset`, faithfully: decode (tf.io.decode_image) in a
+        map with cpu_count // num_devices calls, shuffle(buffer_size=100000) of
+        the DECODED photos, then its albumentations chain at full photo size
+        followed by Resize (2.x names: the trainer's chain plus A.Resize) in a
+        tf.numpy_function map, prefetch, batch. `.repeat()` stands for Keras'
+        fit starting a new pass (and refilling the buffer) every epoch.
+  ours  `trainer.data.pipeline.make_dataset(frame, data_config, training=True)`.
+
+The seed decodes a whole epoch before its first batch; its warm-up is its
+first epoch, and the timed window (the same for both) covers whole epochs of
+it, each paying its buffer refill as in training: images/s is then the rate a
+training run sees. Each pipeline runs in its own process, so that its peak
+resident memory is its own. Goals: ours >= 1.5x the seed's images/s at 384 px on 2 cores; our peak
+memory flat in the data set size (the seed's grows with it: its buffer holds
+every decoded photo).
+
+TensorFlow is imported inside the child's functions only: the parent process,
+which runs no variant, stays free of it.
+"""
+
+import multiprocessing
+import time
+
+from trainer.data import augment
+
+import albumentations as A
+from absl import app, flags
+
+from benchmarks import common
+from configs import nail_unet_effb4
+
+common.define_common_flags()
+flags.DEFINE_list("sizes", ["200", "2000"], "Data set sizes (number of photos) to compare.")
+flags.DEFINE_integer("photo_px", 768, "Side of the synthetic photos on disk, px.")
+flags.DEFINE_integer("image_px", 384, "Side of the training images both pipelines deliver, px.")
+flags.DEFINE_integer("batch_size", 32, "Images per batch (the seed's global batch).")
+flags.DEFINE_integer(
+    "warmup_batches", 3, "Our batches read before timing, the first included (the seed: 1 epoch)."
+)
+flags.DEFINE_integer(
+    "batches", 30, "Batches timed at least; rounded up to whole epochs of the seed's pipeline."
+)
+flags.DEFINE_integer("num_devices", 1, "The seed's len(device): its maps use cpu_count // this.")
+flags.DEFINE_string("data", None, "Internal: the data folder, for a child.")
+FLAGS = flags.FLAGS
+
+# Growth of our peak memory from the smallest to the largest set still called flat.
+_FLAT_FRACTION = 0.10
+_QUICK = {
+    "sizes": ["16", "48"],
+    "photo_px": 192,
+    "image_px": 96,
+    "batch_size": 4,
+    "warmup_batches": 1,
+    "batches": 4,
+}
+
+
+def seed_dataset(images, masks, *, image_px, batch_size, num_devices):
+    """The seed tutorial's `tf_dataset(shuffle=True)` with its training transforms."""
+    import tensorflow as tf
+
+    transforms = A.Compose(
+        [*augment.make_train_transform().transforms, A.Resize(image_px, image_px)], p=1
+    )
+    dtype = tf.float32
+    num_parallel_calls = multiprocessing.cpu_count() // num_devices
+
+    def load_image_and_mask_from_path(image_path, mask_path):
+        img = tf.image.decode_image(tf.io.read_file(image_path), channels=3)
+        mask = tf.image.decode_image(tf.io.read_file(mask_path), channels=1)
+        return img, mask
+
+    def aug_fn(image, mask):
+        aug_data = transforms(image=image, mask=mask)
+        aug_img = tf.cast(aug_data["image"] / 255.0, dtype)
+        aug_mask = tf.cast(aug_data["mask"] / 255.0, dtype)
+        return aug_img, aug_mask
+
+    def process_data(image, mask):
+        return tf.numpy_function(aug_fn, [image, mask], [dtype, dtype])
+
+    dataset = tf.data.Dataset.from_tensor_slices((images, masks))
+    dataset = dataset.map(load_image_and_mask_from_path, num_parallel_calls=num_parallel_calls)
+    dataset = dataset.shuffle(buffer_size=100000)
+    dataset = dataset.map(process_data, num_parallel_calls=num_parallel_calls)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE).batch(batch_size)
+    # Keras' fit iterates the finite data set anew each epoch; so does repeat().
+    return dataset.repeat()
+
+
+def our_dataset(frame, *, image_px, batch_size):
+    """The trainer's training pipeline, with the seed config's data settings."""
+    from trainer.data import pipeline
+
+    data_config = nail_unet_effb4.get_config().data
+    data_config.image_size = image_px
+    data_config.batch_size = batch_size
+    return pipeline.make_dataset(frame, data_config, training=True)
+
+
+def batch_counts(variant: str, num_images: int) -> tuple[int, int]:
+    """Batches to read before timing and batches to time.
+
+    The seed's pipeline decodes a whole epoch into its shuffle buffer before
+    its first batch, so a window inside one epoch would leave decoding out:
+    the seed warms up for exactly its first epoch, and the window covers whole
+    epochs of it (each paying its refill, as in training). Ours gets the same
+    window.
+    """
+    batches_per_epoch = -(-num_images // FLAGS.batch_size)  # the seed keeps the partial batch
+    timed_batches = -(-FLAGS.batches // batches_per_epoch) * batches_per_epoch
+    warmup_batches = batches_per_epoch if variant == "seed" else FLAGS.warmup_batches
+    return max(1, warmup_batches), timed_batches
+
+
+def run_child(variant: str) -> dict:
+    """Builds one pipeline and reads from it; returns its timings and memory."""
+    from benchmarks import harness
+
+    frame = harness.data_frame(FLAGS.data)
+    rss_start_mib = common.rss_mib()
+    if variant == "seed":
+        dataset = seed_dataset(
+            list(frame["images"]),
+            list(frame["masks"]),
+            image_px=FLAGS.image_px,
+            batch_size=FLAGS.batch_size,
+            num_devices=FLAGS.num_devices,
+        )
+    else:
+        dataset = our_dataset(frame, image_px=FLAGS.image_px, batch_size=FLAGS.batch_size)
+    warmup_batches, timed_batches = batch_counts(variant, len(frame))
+    started = time.perf_counter()
+    iterator = iter(dataset)
+    first = next(iterator)
+    first_batch_s = time.perf_counter() - started
+    image_shape = list(first[0].shape)
+    timing = common.time_calls(
+        lambda: int(next(iterator)[0].shape[0]),
+        warmup_calls=warmup_batches - 1,
+        timed_calls=timed_batches,
+    )
+    return {
+        "num_images": len(frame),
+        "warmup_batches": warmup_batches,
+        "timed_batches": timed_batches,
+        "first_batch_s": first_batch_s,
+        "images_per_sec": timing["items_per_sec"],
+        "timed_images": timing["items"],
+        "cores_busy": timing["cores_busy"],
+        "rss_start_mib": rss_start_mib,
+        "batch_shape": image_shape,
+        **harness.devices(),
+    }
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.child:
+        common.write_child_result(FLAGS.child_result, run_child(FLAGS.child))
+        return 0
+    common.use_quick_settings(FLAGS, _QUICK)
+    sizes = sorted(int(size) for size in FLAGS.sizes)
+    settings = {
+        name: FLAGS[name].value
+        for name in ("photo_px", "image_px", "batch_size", "warmup_batches", "batches")
+    }
+    settings.update(sizes=sizes, num_devices=FLAGS.num_devices)
+    record = common.start("input_pipeline", "the seed's tf.data pipeline vs ours", settings, FLAGS)
+    roots = {size: common.synthetic_data(size, FLAGS.photo_px) for size in sizes}
+    rows = []
+    for size in sizes:
+        for variant in ("seed", "ours"):
+            args = {name: FLAGS[name].value for name in settings if name != "sizes"}
+            result = common.run_child("input_pipeline", variant, {**args, "data": roots[size]})
+            rows.append({**result, "size": size})
+    goals, notes = _judge(rows, sizes)
+    return common.finish(record, rows, _COLUMNS, goals=goals, notes=notes)
+
+
+_COLUMNS = [
+    common.Column("size", "photos"),
+    common.Column("variant", "pipeline"),
+    common.Column("first_batch_s", "first batch s", ".2f"),
+    common.Column("timed_images", "timed images"),
+    common.Column("images_per_sec", "images/s", ".1f"),
+    common.Column("cores_busy", "cores busy", ".2f"),
+    common.Column("rss_start_mib", "RSS start MiB", ".0f"),
+    common.Column("peak_rss_mib", "peak RSS MiB", ".0f"),
+]
+
+
+def _judge(rows: list[dict], sizes: list[int]):
+    def value(size, variant, key):
+        for row in rows:
+            if row["size"] == size and row["variant"] == variant:
+                return row.get(key)
+        return None
+
+    goals, notes = [], []
+    for size in sizes:
+        speedup = common.ratio(
+            value(size, "ours", "images_per_sec"), value(size, "seed", "images_per_sec")
+        )
+        goals.append(common.goal(f"ours/seed images/s, {size} photos", speedup, 1.5))
+        first = common.ratio(
+            value(size, "seed", "first_batch_s"), value(size, "ours", "first_batch_s")
+        )
+        if first is not None:
+            notes.append(f"{size} photos: the seed's first batch takes {first:.1f}x ours")
+    small, large = sizes[0], sizes[-1]
+    for variant in ("seed", "ours"):
+        before, after = value(small, variant, "peak_rss_mib"), value(large, variant, "peak_rss_mib")
+        if before and after:
+            notes.append(
+                f"{variant}: peak RSS {before:.0f} MiB at {small} photos, {after:.0f} MiB at "
+                f"{large} ({after - before:+.0f} MiB)"
+            )
+    if len(sizes) > 1:
+        growth = common.ratio(
+            value(large, "ours", "peak_rss_mib"), value(small, "ours", "peak_rss_mib")
+        )
+        growth = None if growth is None else growth - 1
+        goals.append(
+            common.goal(
+                f"growth of our peak RSS, {small} -> {large} photos",
+                growth,
+                _FLAT_FRACTION,
+                at_most=True,
+            )
+        )
+    return goals, notes
+
+
+if __name__ == "__main__":
+    app.run(main)
