@@ -1,8 +1,8 @@
 """The TensorFlow side of the benchmarks, imported by child processes only.
 
 The model, optimizer, step counter and train function are the trainer's own
-(`model.build_model`, `optim.create_optimizer`, `loop.create_step_counter`,
-`loop.make_train_fn`), built in the order `trainer/train.py` builds them, so
+(`loop.build_training`, `loop.make_train_fn`), built by the same calls as
+`trainer/train.py`, so
 that a figure measured here is a figure of the trainer. In-memory batches are
 drawn by the trainer's synthetic data generator, so that no benchmark of the
 train step reads the disk.
@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 
 import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from trainer import distribute, loop, optim
-from trainer import model as model_lib
+from trainer import distribute, loop
 from trainer.data import manifest, synthetic
 from trainer.plan import run_plan
 
@@ -49,15 +48,7 @@ def build_trainee(config: ml_collections.ConfigDict, strategy: tf.distribute.Str
     """
     num_replicas = strategy.num_replicas_in_sync
     plan = run_plan(config, _NOMINAL_STEPS_PER_EPOCH * config.data.batch_size, num_replicas)
-    tf.keras.utils.set_random_seed(config.train.seed)
-    tf.keras.mixed_precision.set_global_policy(config.train.precision)
-    with strategy.scope():
-        model = model_lib.build_model(
-            config.model, image_size=config.data.image_size, num_replicas=num_replicas
-        )
-        optimizer = optim.create_optimizer(config.train, plan["total_steps"])
-        optimizer.build(model.trainable_variables)
-        step = loop.create_step_counter()
+    model, optimizer, step = loop.build_training(config, strategy, total_steps=plan["total_steps"])
     train_fn = loop.make_train_fn(
         model,
         optimizer,

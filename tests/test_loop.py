@@ -1,8 +1,7 @@
 """The train step: applied steps move the weights, non-finite steps leave the model as it was."""
 
 import trainer  # noqa: F401
-from trainer import loop, optim
-from trainer import model as model_lib
+from trainer import loop
 
 import numpy as np
 import pytest
@@ -18,14 +17,10 @@ def _make(precision):
     config.train.precision = precision
     config.train.warmup_steps = 0
     config.model.decoder_filters = (32, 16, 16, 8, 8)
+    config.data.image_size = SIZE_PX
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    tf.keras.mixed_precision.set_global_policy(precision)
     try:
-        with strategy.scope():
-            model = model_lib.build_model(config.model, image_size=SIZE_PX)
-            optimizer = optim.create_optimizer(config.train, total_steps=10)
-            optimizer.build(model.trainable_variables)
-            step = loop.create_step_counter()
+        model, optimizer, step = loop.build_training(config, strategy, total_steps=10)
     finally:
         tf.keras.mixed_precision.set_global_policy("float32")
     train_fn = loop.make_train_fn(model, optimizer, step, strategy, global_batch_size=2)

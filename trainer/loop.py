@@ -7,7 +7,8 @@ apply (the optimizer all-reduces; a loss-scale optimizer skips non-finite
 steps), and exact confusion sums for the metrics.
 """
 
-from trainer import losses, metrics
+from trainer import losses, metrics, optim
+from trainer import model as model_lib
 
 import tensorflow as tf
 
@@ -23,6 +24,31 @@ def create_step_counter() -> tf.Variable:
         name="step",
         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
     )
+
+
+def build_training(config, strategy: tf.distribute.Strategy, *, total_steps: int):
+    """Builds the network, its optimizer and the step counter under the strategy's scope.
+
+    Seeds Keras from `train.seed` (the same seed gives the same initial weights)
+    and sets the global mixed-precision policy from `train.precision`, both
+    before the model exists. The optimizer's slots are built at once, so that a
+    checkpoint restores into them immediately.
+
+    Returns:
+        `(model, optimizer, step)`.
+    """
+    tf.keras.utils.set_random_seed(config.train.seed)
+    tf.keras.mixed_precision.set_global_policy(config.train.precision)
+    with strategy.scope():
+        model = model_lib.build_model(
+            config.model,
+            image_size=config.data.image_size,
+            num_replicas=strategy.num_replicas_in_sync,
+        )
+        optimizer = optim.create_optimizer(config.train, total_steps)
+        optimizer.build(model.trainable_variables)
+        step = create_step_counter()
+    return model, optimizer, step
 
 
 def make_train_fn(

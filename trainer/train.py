@@ -19,7 +19,6 @@ from trainer import (
     distribute,
     loop,
     metrics,
-    optim,
     pictures,
     preemption,
     report,
@@ -83,15 +82,8 @@ def main(argv):
         checkpoint.check_workdir(workdir, config, overwrite=FLAGS.overwrite)
 
     # --- Model, optimizer, state ------------------------------------------------
-    tf.keras.utils.set_random_seed(config.train.seed)
-    tf.keras.mixed_precision.set_global_policy(config.train.precision)
+    model, optimizer, step = loop.build_training(config, strategy, total_steps=plan["total_steps"])
     with strategy.scope():
-        model = model_lib.build_model(
-            config.model, image_size=config.data.image_size, num_replicas=num_replicas
-        )
-        optimizer = optim.create_optimizer(config.train, plan["total_steps"])
-        optimizer.build(model.trainable_variables)
-        step = loop.create_step_counter()
         state = checkpoint.TrainingState(
             workdir,
             step=step,

@@ -6,8 +6,7 @@ python tests/scripts/one_step.py NUM_REPLICAS OUTPUT.npz
 import sys
 
 import trainer  # noqa: F401
-from trainer import distribute, loop, optim
-from trainer import model as model_lib
+from trainer import distribute, loop
 
 import numpy as np
 import tensorflow as tf
@@ -27,11 +26,8 @@ def main(num_replicas: int, output: str) -> None:
     config.train.optimizer = "sgd"
     config.train.learning_rate = 0.1
     config.train.warmup_steps = 0
-    tf.keras.utils.set_random_seed(0)
-    with strategy.scope():
-        model = model_lib.build_model(config.model, image_size=SIZE_PX, num_replicas=num_replicas)
-        optimizer = optim.create_optimizer(config.train, total_steps=10)
-        step = loop.create_step_counter()
+    config.data.image_size = SIZE_PX
+    model, optimizer, step = loop.build_training(config, strategy, total_steps=10)
     rng = np.random.default_rng(1)
     images = rng.random((GLOBAL_BATCH, SIZE_PX, SIZE_PX, 3), dtype=np.float32)
     masks = (rng.random((GLOBAL_BATCH, SIZE_PX, SIZE_PX, 1)) > 0.7).astype(np.float32)
