@@ -13,20 +13,9 @@ import pytest
 import yaml
 
 from launch import cluster_commands, multi_worker_local
+from tests.test_train import REPO, TINY
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch")
-# The tiny run of tests/test_train.py.
-TINY = [
-    "--config=configs/demo_cpu.py",
-    "--config.data.image_size=64",
-    "--config.data.batch_size=4",
-    "--config.model.decoder_filters=(32,16,16,8,8)",
-    "--config.train.warmup_steps=0",
-    "--config.train.eval_every=2",
-    "--config.train.log_every=2",
-    "--config.train.steps_per_execution=2",
-]
 # A stand-in for trainer.train: worker 1 fails at once, the others would wait.
 FAILING_WORKER = """
 import json, os, sys, time
