@@ -93,7 +93,7 @@ def make_train_fn(
         for variable, before in zip(model.non_trainable_variables, statistics_before):
             variable.assign(tf.where(bad_anywhere > 0, before, variable))
         tp, fp, fn = metrics.confusion_sums(masks, probabilities)
-        return loss, tf.cast(is_bad, tf.int32), tp, fp, fn
+        return loss, bad_anywhere, tp, fp, fn
 
     if jit_compile:
         replica_step = tf.function(replica_step, jit_compile=True)
@@ -104,9 +104,10 @@ def make_train_fn(
         finite_steps = tf.constant(0, tf.int64)
         counts = [tf.constant(0, tf.int64)] * 3
         for _ in tf.range(num_steps):
-            loss, bad_replicas, *step_counts = strategy.run(replica_step, args=next(iterator))
+            loss, bad_anywhere, *step_counts = strategy.run(replica_step, args=next(iterator))
             loss = strategy.reduce(_SUM, loss, axis=None)
-            is_finite = strategy.reduce(_SUM, bad_replicas, axis=None) == 0
+            # Already all-reduced inside the step: every replica holds the same count.
+            is_finite = strategy.experimental_local_results(bad_anywhere)[0] == 0
             loss_sum += tf.where(is_finite, loss, 0.0)
             finite_steps += tf.cast(is_finite, tf.int64)
             counts = [
