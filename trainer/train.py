@@ -25,6 +25,7 @@ from trainer import (
     serving,
 )
 from trainer import model as model_lib
+from trainer.data import cache as data_cache
 from trainer.data import manifest, pipeline
 from trainer.errors import UserError, exit_on_user_error
 from trainer.plan import adapt_to_tpu, is_due, run_plan, steps_until_event
@@ -71,6 +72,7 @@ def main(argv):
     if FLAGS.strategy == "tpu":
         adapt_to_tpu(config)
     model_lib.check_model_config(config.model, config.data.image_size)
+    cache_dir = data_cache.cache_dir(config.data, workdir)
 
     # --- Data -----------------------------------------------------------------
     train_rows, valid_rows = manifest.read_manifests(
@@ -109,11 +111,17 @@ def main(argv):
             training=True,
             seed=config.train.seed,
             skip_examples=start_step * examples_per_pipeline,
+            cache_dir=cache_dir,
         )
 
     def valid_input(input_context):
         return pipeline.make_dataset(
-            valid_rows, config.data, input_context, training=False, with_weights=True
+            valid_rows,
+            config.data,
+            input_context,
+            training=False,
+            with_weights=True,
+            cache_dir=cache_dir,
         )
 
     train_iterator = iter(strategy.distribute_datasets_from_function(train_input))

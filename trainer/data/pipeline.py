@@ -5,7 +5,8 @@ Order of operations (training):
   2. an endless stream of file names, reshuffled each epoch from (seed, epoch);
      with `data.balanced` one such stream per group, sampled evenly,
   3. skip the examples a resumed run has already seen (file names only: cheap),
-  4. decode and resize with TF ops in parallel,
+  4. decode and resize with TF ops in parallel (or, with `data.cache`, read the
+     pair decoded and resized once before: trainer/data/cache.py),
   5. augment with albumentations (seeded by the example's stream position),
   6. batch at the per-replica size with `drop_remainder`, prefetch.
 Validation decodes and resizes only, in file order, keeping the last partial batch.
@@ -16,7 +17,7 @@ Only file names are ever shuffled: a buffer of decoded photos (the seed's
 
 import os
 
-from trainer.data import augment
+from trainer.data import augment, cache
 
 import ml_collections
 import numpy as np
@@ -124,6 +125,7 @@ def make_dataset(
     seed: int = 0,
     skip_examples: int = 0,
     with_weights: bool = False,
+    cache_dir: str | None = None,
 ) -> tf.data.Dataset:
     """Builds the input pipeline for one input pipeline (worker) of a strategy.
 
@@ -141,6 +143,9 @@ def make_dataset(
             full batches and add a float32 weight `[b]` per example, 0 for padding.
             Replicas and workers then run equal steps on static shapes (TPU,
             multi-worker), and weighted sums stay exact.
+        cache_dir: decode and resize each pair of this pipeline's shard once,
+            into this folder (`cache.ensure_cached`), and read it from there;
+            None decodes every example.
 
     Returns:
         Batches of `(image, mask)`: image float32 `[b, s, s, 3]` in 0..1, mask
@@ -159,10 +164,27 @@ def make_dataset(
     images = tf.constant(frame["images"].astype(str).to_numpy())
     masks = tf.constant(frame["masks"].astype(str).to_numpy())
 
-    def load(index, example_seed):
-        image, mask = decode_image(images[index]), decode_mask(masks[index])
-        image, mask = resize_pair(image, mask, size_px)
-        return image, mask, example_seed
+    def decode_and_resize(image_path, mask_path):
+        return resize_pair(decode_image(image_path), decode_mask(mask_path), size_px)
+
+    if cache_dir is None:
+
+        def load(index, example_seed):
+            return (*decode_and_resize(images[index], masks[index]), example_seed)
+
+    else:
+        cached = tf.constant(
+            cache.ensure_cached(
+                frame,
+                size_px,
+                cache_dir,
+                decode_and_resize,
+                num_parallel_calls=num_parallel_calls,
+            )
+        )
+
+        def load(index, example_seed):
+            return (*cache.read_pair(cached[index], size_px), example_seed)
 
     if training:
         pipeline_salt = input_context.input_pipeline_id * 1_000_003

@@ -1,0 +1,141 @@
+"""The disk cache of resized pairs: same batches as decoding, reuse, invalidation, bad input."""
+
+import os
+import shutil
+
+import trainer  # noqa: F401
+from trainer.data import cache, pipeline
+from trainer.errors import UserError
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from configs import demo_cpu
+
+
+def _data_config(**overrides):
+    config = demo_cpu.get_config().data
+    config.image_size = 32
+    config.batch_size = 4
+    config.update(overrides)
+    return config
+
+
+def _write_pairs(root, count, *, seed=0):
+    """`count` noisy pairs of odd sizes (PNG and JPEG), so that resizing matters."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(count):
+        height, width = 41 + 7 * i, 57 + 3 * i
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        mask = (rng.random((height, width)) > 0.6).astype(np.uint8) * 255
+        suffix = ".jpg" if i % 3 == 0 else ".png"
+        Image.fromarray(image).save(root / f"{i}{suffix}")
+        Image.fromarray(mask).save(root / f"{i}_mask.png")
+        rows.append(
+            {
+                "images": str(root / f"{i}{suffix}"),
+                "masks": str(root / f"{i}_mask.png"),
+                "group": "a",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def frame(tmp_path):
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    return _write_pairs(folder, 10)
+
+
+def _batches(dataset, count):
+    return [[part.numpy() for part in batch] for batch in dataset.take(count)]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_cached_batches_equal_decoded_ones(frame, tmp_path, training):
+    config = _data_config()
+    kwargs = {"training": training, "seed": 5} if training else {"training": False}
+    decoded = _batches(pipeline.make_dataset(frame, config, **kwargs), 6)
+    cached = _batches(
+        pipeline.make_dataset(frame, config, **kwargs, cache_dir=str(tmp_path / "cache")), 6
+    )
+    assert len(cached) == len(decoded) > 1
+    for cached_batch, decoded_batch in zip(cached, decoded, strict=True):
+        for cached_part, decoded_part in zip(cached_batch, decoded_batch, strict=True):
+            np.testing.assert_array_equal(cached_part, decoded_part)
+
+
+def _load_fn(size_px):
+    def load(image_path, mask_path):
+        image = pipeline.decode_image(image_path)
+        return pipeline.resize_pair(image, pipeline.decode_mask(mask_path), size_px)
+
+    return load
+
+
+def _cache(frame, folder, size_px=32):
+    return cache.ensure_cached(frame, size_px, str(folder), _load_fn(size_px), num_parallel_calls=2)
+
+
+def test_second_run_reuses_the_files_and_a_changed_photo_gets_a_new_one(frame, tmp_path):
+    folder = tmp_path / "cache"
+    first = _cache(frame, folder)
+    assert len(set(first)) == len(frame) and all(os.path.getsize(p) == 32 * 32 * 4 for p in first)
+    stamps = {path: os.stat(path).st_mtime_ns for path in first}
+
+    assert list(_cache(frame, folder)) == list(first)
+    assert {path: os.stat(path).st_mtime_ns for path in first} == stamps  # nothing rewritten
+
+    changed = frame["images"][1]
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(changed, format="JPEG")
+    third = _cache(frame, folder)
+    assert [a == b for a, b in zip(third, first, strict=True)].count(False) == 1
+    image, _ = cache.read_pair(third[1], 32)
+    assert int(image.numpy().max()) == 0  # the new photo, not the stale one
+
+    other_size = _cache(frame, folder, size_px=64)
+    assert not set(other_size) & set(first)
+    assert os.path.getsize(other_size[0]) == 64 * 64 * 4
+
+
+def test_leftover_temporary_file_is_not_taken_for_a_pair(frame, tmp_path):
+    folder = tmp_path / "cache"
+    paths = _cache(frame, folder)
+    os.rename(paths[0], paths[0] + ".tmp999")  # as if killed before the rename
+    again = _cache(frame, folder)
+    assert os.path.getsize(again[0]) == 32 * 32 * 4
+
+
+def test_undecodable_pair_is_skipped_in_training_as_without_the_cache(frame, tmp_path):
+    with open(frame["images"][2], "wb") as f:
+        f.write(b"not an image")
+    paths = _cache(frame, tmp_path / "cache")
+    assert not os.path.exists(paths[2])
+    assert all(os.path.exists(p) for i, p in enumerate(paths) if i != 2)
+    config = _data_config(augment=False)
+    dataset = pipeline.make_dataset(
+        frame, config, training=True, seed=0, cache_dir=str(tmp_path / "cache")
+    )
+    images = np.concatenate([batch[0].numpy() for batch in dataset.take(5)])
+    assert len(images) == 20
+
+
+def test_cache_dir_follows_the_config(tmp_path):
+    assert cache.cache_dir(_data_config(cache="disk"), "/w") == os.path.join("/w", "cache")
+    assert cache.cache_dir(_data_config(cache="disk", cache_dir="/fast"), "/w") == "/fast"
+    assert cache.cache_dir(_data_config(cache="none"), "/w") is None
+    with pytest.raises(UserError, match=r"--config.data.cache='memory' is not one of none, disk"):
+        cache.cache_dir(_data_config(cache="memory"), "/w")
+
+
+def test_too_little_free_space_is_one_line_before_writing(frame, tmp_path, monkeypatch):
+    usage = shutil.disk_usage(tmp_path)._replace(free=1000)
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda _: usage)
+    folder = tmp_path / "cache"
+    with pytest.raises(UserError, match=r"needs 0.00 GiB, only 0.00 GiB free; .*data.cache=none"):
+        _cache(frame, folder)
+    assert os.listdir(folder / "32px") == []
