@@ -14,7 +14,7 @@ from pathlib import Path
 
 import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from trainer import distribute, loop
-from trainer.data import manifest, synthetic
+from trainer.data import layout, synthetic
 from trainer.plan import run_plan
 
 import ml_collections
@@ -151,7 +151,7 @@ def in_memory_iterator(strategy: tf.distribute.Strategy, images, masks, per_repl
 def data_frame(root) -> pd.DataFrame:
     """All image/mask pairs of a `common.synthetic_data` folder, paired by the trainer."""
     parts = sorted(Path(root).glob("part*"))
-    frames = [manifest.scan(part).pairs[["images", "masks", "group"]] for part in parts]
+    frames = [layout.scan(part).pairs[["images", "masks", "group"]] for part in parts]
     return pd.concat(frames, ignore_index=True)
 
 

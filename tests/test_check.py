@@ -4,7 +4,7 @@ import io
 import os
 from pathlib import Path
 
-from trainer.data import check, manifest, pipeline
+from trainer.data import check, layout, pipeline
 
 import cv2
 import numpy as np
@@ -206,7 +206,7 @@ def test_drop_unusable_counts_pairs_and_unpaired_files(tmp_path):
 
 
 def test_clean_synthetic_data_set(synthetic_root):
-    assert check.check_pairs(manifest.scan(synthetic_root).pairs) == []
+    assert check.check_pairs(layout.scan(synthetic_root).pairs) == []
 
 
 def test_accepted_files_decode_with_the_trainers_decoders(tmp_path):

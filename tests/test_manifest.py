@@ -4,7 +4,7 @@ import os
 import shutil
 from pathlib import Path
 
-from trainer.data import manifest
+from trainer.data import layout, manifest
 from trainer.errors import UserError
 
 import numpy as np
@@ -45,7 +45,7 @@ def _names(frame: pd.DataFrame, column="images") -> list[str]:
 
 
 def test_scan_seed_layout(synthetic_root):
-    result = manifest.scan(synthetic_root)
+    result = layout.scan(synthetic_root)
     assert result.layout == "images_masks" and result.problems == []
     assert result.pairs["group"].value_counts().to_dict() == {"1": 19, "2": 12, "3": 10, "4": 7}
     assert set(result.pairs["split"]) == {""}
@@ -58,7 +58,7 @@ def test_scan_pairs_by_stem_across_extensions_and_mask_suffix(tmp_path):
     _pair(tmp_path, "Images/1/a.png", "Masks/1/a.jpg")
     _pair(tmp_path, "Images/1/b.JPG", "Masks/1/b_mask.png")
     _pair(tmp_path, "Images/c.tiff", "Masks/c.bmp")  # no sub-folder: group '0'
-    pairs = manifest.scan(tmp_path).pairs
+    pairs = layout.scan(tmp_path).pairs
     assert _names(pairs) == ["a.png", "b.JPG", "c.tiff"]
     assert _names(pairs, "masks") == ["a.jpg", "b_mask.png", "c.bmp"]
     assert list(pairs["group"]) == ["1", "1", "0"]
@@ -71,7 +71,7 @@ def test_scan_reports_orphans_and_ignores_other_files(tmp_path):
     _image(tmp_path / "Masks/2/a.png", mode="L")  # same stem, other group: no pair
     (tmp_path / "Images/1/notes.txt").write_text("not an image")
     _image(tmp_path / "Images/1/.hidden.png")
-    result = manifest.scan(tmp_path)
+    result = layout.scan(tmp_path)
     assert _names(result.pairs) == ["a.png"]
     found = {Path(p.path).relative_to(tmp_path).as_posix(): p for p in result.problems}
     assert set(found) == {
@@ -94,7 +94,7 @@ def test_scan_gives_each_mask_to_one_image(tmp_path):
     _image(tmp_path / "Images/x_mask.png")
     _pair(tmp_path, "Images/y.png", "Masks/y.png")
     _image(tmp_path / "Masks/y_mask.png", mode="L")  # a second mask for y
-    result = manifest.scan(tmp_path)
+    result = layout.scan(tmp_path)
     assert _names(result.pairs) == ["x_mask.png", "y.png"]
     assert _names(result.pairs, "masks") == ["x_mask.png", "y.png"]
     messages = {Path(p.path).relative_to(tmp_path).as_posix(): p.message for p in result.problems}
@@ -109,7 +109,7 @@ def test_scan_train_valid_layout_with_and_without_groups(tmp_path):
     _pair(tmp_path, "train/images/b.png", "train/masks/b.jpg")
     _pair(tmp_path, "valid/images/c.png", "valid/masks/c.png")
     _pair(tmp_path, "valid/images/left/d.png", "valid/masks/left/d.png")
-    result = manifest.scan(tmp_path)
+    result = layout.scan(tmp_path)
     assert result.layout == "train_valid"
     rows = {Path(i).name: (g, s) for i, g, s in result.pairs[["images", "group", "split"]].values}
     assert rows == {
@@ -125,7 +125,7 @@ def test_scan_train_valid_layout_with_and_without_groups(tmp_path):
 def test_scan_train_only_is_split_by_fraction(tmp_path):
     for name in "abcde":
         _pair(tmp_path, f"Train/Images/{name}.png", f"Train/Masks/{name}.png")
-    pairs = manifest.scan(tmp_path).pairs
+    pairs = layout.scan(tmp_path).pairs
     assert set(pairs["split"]) == {"train"}  # no pair in valid: valid is carved out of train
     train, valid = manifest.split_train_valid(pairs, valid_fraction=0.2)
     assert (len(train), len(valid)) == (4, 1)
@@ -137,23 +137,23 @@ def test_scan_turns_permission_errors_into_user_errors(tmp_path, monkeypatch):
     def unreadable(folder):
         raise PermissionError(13, "Permission denied", str(folder))
 
-    monkeypatch.setattr(manifest, "_index_files", unreadable)
+    monkeypatch.setattr(layout, "_index_files", unreadable)
     with pytest.raises(UserError, match=r"cannot read .*Images \(permission denied\)"):
-        manifest.scan(tmp_path)
+        layout.scan(tmp_path)
 
 
 def test_scan_errors(tmp_path):
     with pytest.raises(UserError, match="not a folder"):
-        manifest.scan(tmp_path / "missing")
+        layout.scan(tmp_path / "missing")
     with pytest.raises(UserError, match="Images/ \\+ Masks/"):
-        manifest.scan(tmp_path)  # empty folder
+        layout.scan(tmp_path)  # empty folder
     (tmp_path / "photos").mkdir()
     with pytest.raises(UserError, match="train/images/"):
-        manifest.scan(tmp_path)  # unknown layout
+        layout.scan(tmp_path)  # unknown layout
     (tmp_path / "Images").mkdir()
     _image(tmp_path / "Masks/1/a.png", mode="L")
     with pytest.raises(UserError, match="no image .* has a mask"):
-        manifest.scan(tmp_path)
+        layout.scan(tmp_path)
 
 
 # ---------------------------------------------------------------- split

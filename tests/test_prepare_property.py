@@ -14,6 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from trainer.data import layout as layout_lib
 from trainer.data import manifest, pipeline
 from trainer.errors import UserError
 
@@ -39,7 +40,7 @@ _name_characters = st.characters(
     codec="utf-8", exclude_categories=("Cs",), exclude_characters="/\x00"
 )
 _names = st.text(_name_characters, min_size=1, max_size=10).filter(
-    lambda name: not name.startswith(".") and not name.endswith(manifest.MASK_SUFFIX)
+    lambda name: not name.startswith(".") and not name.endswith(layout_lib.MASK_SUFFIX)
 )
 # Mostly a few shared group folders (a group needs 2 pairs to give one to valid), some random.
 _folders = st.one_of(
@@ -156,7 +157,7 @@ def _write_tree(root: Path, layout: str, entries: list[Entry], lower: bool) -> d
             image.parent.mkdir(parents=True, exist_ok=True)
             image.write_bytes(_content(entry.image_kind, entry.image_ext, image_pixels))
         if entry.mask_ext:
-            suffix = manifest.MASK_SUFFIX if entry.mask_suffix else ""
+            suffix = layout_lib.MASK_SUFFIX if entry.mask_suffix else ""
             mask = masks_dir / entry.folder / f"{entry.stem}{suffix}.{entry.mask_ext}"
             mask.parent.mkdir(parents=True, exist_ok=True)
             mask.write_bytes(_content(entry.mask_kind, entry.mask_ext, _mask_pixels(entry, rng)))
@@ -168,7 +169,7 @@ def _write_tree(root: Path, layout: str, entries: list[Entry], lower: bool) -> d
 
 
 def _reads(decoder, path: Path | None) -> bool:
-    if path is None or path.suffix.lower() not in manifest.IMAGE_EXTENSIONS:
+    if path is None or path.suffix.lower() not in layout_lib.IMAGE_EXTENSIONS:
         return False
     try:
         decoder(tf.constant(str(path)))
@@ -209,7 +210,7 @@ def _assert_real_pair(root: Path, image: str, mask: str) -> None:
     assert image_rel[:side] == mask_rel[:side]
     assert (image_rel[side].lower(), mask_rel[side].lower()) == ("images", "masks")
     assert image_rel[side + 1 : -1] == mask_rel[side + 1 : -1]  # same group folder
-    assert mask_path.stem in (image_path.stem, image_path.stem + manifest.MASK_SUFFIX)
+    assert mask_path.stem in (image_path.stem, image_path.stem + layout_lib.MASK_SUFFIX)
     assert pipeline.decode_image(tf.constant(image)).shape[-1] == 3
     assert pipeline.decode_mask(tf.constant(mask)).shape[-1] == 1
 
@@ -224,7 +225,7 @@ def _assert_nothing_silently_dropped(root: Path, kept: pd.DataFrame, problems_cs
     reported = set(report["path"])
     accounted = set(kept["images"]) | set(kept["masks"]) | reported
     try:
-        scanned = manifest.scan(root).pairs
+        scanned = layout_lib.scan(root).pairs
     except UserError:
         scanned = kept.iloc[:0]
     for image, mask in zip(scanned["images"], scanned["masks"]):
@@ -292,14 +293,14 @@ def test_prepare_on_messy_trees_keeps_only_real_pairs(layout, files):
             if image_ext:
                 written.append((images_dir / folder / f"{stem}.{image_ext}", (4, 4, 3)))
             if mask_ext:
-                mask_stem = stem + (manifest.MASK_SUFFIX if mask_suffix else "")
+                mask_stem = stem + (layout_lib.MASK_SUFFIX if mask_suffix else "")
                 written.append((masks_dir / folder / f"{mask_stem}.{mask_ext}", (4, 4)))
             for path, shape in written:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 pixels = rng.integers(0, 2, shape, np.uint8) * 255
                 path.write_bytes(_content(kind, path.suffix[1:], pixels))
         try:
-            scanned = manifest.scan(root).pairs
+            scanned = layout_lib.scan(root).pairs
             assert len(set(scanned["masks"])) == len(scanned)  # a mask serves one image
             result = manifest.prepare(root)
         except UserError:

@@ -24,7 +24,7 @@ import os
 import sys
 
 from trainer import serving
-from trainer.data import manifest, pipeline
+from trainer.data import layout, pipeline
 from trainer.errors import UserError, exit_on_user_error
 
 import cv2
@@ -70,10 +70,10 @@ def find_inputs(pattern: str) -> list[str]:
     paths = sorted(
         path
         for path in candidates
-        if os.path.isfile(path) and os.path.splitext(path)[1].lower() in manifest.IMAGE_EXTENSIONS
+        if os.path.isfile(path) and os.path.splitext(path)[1].lower() in layout.IMAGE_EXTENSIONS
     )
     if not paths:
-        extensions = ", ".join(sorted(manifest.IMAGE_EXTENSIONS))
+        extensions = ", ".join(sorted(layout.IMAGE_EXTENSIONS))
         raise UserError(
             f"--input={pattern} matches no image file ({extensions}); give a file, a folder "
             "or a quoted glob such as 'photos/*.jpg'"

@@ -1,17 +1,10 @@
-"""Finds image/mask pairs in a data folder and keeps them in CSV manifests.
+"""Keeps a data folder's image/mask pairs in CSV manifests.
 
-Two layouts are accepted (folder names match case-insensitively):
-
-  Images/<group>/*  +  Masks/<group>/*           the seed's; files directly in
-                                                 Images/ belong to group '0'
-  train/images/* + train/masks/*  (+ valid/...)  group 'all', or the sub-folder
-                                                 name when images are nested
-
-An image pairs with the mask of the same file stem in the matching folder; the
-mask may have another extension and a `_mask` suffix. The manifests go where
-the seed kept them, `DATA_ROOT/csv_file/{train,valid}.csv`, with paths relative
-to the data root so that the folder can move (or be mounted elsewhere in a
-container). When the data root is read-only they go to `FALLBACK/csv_file/`.
+The pairs come from `trainer.data.layout.scan` (the two accepted folder
+layouts). The manifests go where the seed kept them,
+`DATA_ROOT/csv_file/{train,valid}.csv`, with paths relative to the data root so
+that the folder can move (or be mounted elsewhere in a container). When the
+data root is read-only they go to `FALLBACK/csv_file/`.
 
 Preparing the manifests also decodes every pair with the trainer's decoders
 (`trainer.data.check`): pairs the trainer cannot read are left out, and every
@@ -25,7 +18,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from trainer.data import check
+from trainer.data import check, layout
 from trainer.data.check import Problem
 from trainer.errors import UserError
 
@@ -33,21 +26,9 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
-MASK_SUFFIX = "_mask"
 CSV_DIR_NAME = "csv_file"
-COLUMNS = ("images", "masks", "group")
 PROBLEMS_CSV = "problems.csv"
 SKIPPED_MESSAGE = "Skipped %d unusable image/mask pairs; the list is in %s"
-
-
-@dataclasses.dataclass(frozen=True)
-class ScanResult:
-    """What `scan` found: `pairs` has columns images, masks, group, split (absolute paths)."""
-
-    pairs: pd.DataFrame
-    problems: list[Problem]
-    layout: str  # 'images_masks' or 'train_valid'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,149 +41,6 @@ class PrepareResult:
     problems: list[Problem]  # the scan's and the decoding check's, sorted by path
     num_skipped: int  # pairs left out for an error, plus files that could not be paired
     problems_csv: Path
-
-
-# ---------------------------------------------------------------- scan
-
-
-def scan(data_root) -> ScanResult:
-    """Pairs every image under `data_root` with its mask.
-
-    Args:
-        data_root: a folder in one of the two layouts of the module docstring.
-
-    Returns:
-        The pairs, sorted by image path, and the files that could not be paired.
-
-    Raises:
-        UserError: the folder is missing or unreadable, in neither layout, or
-            holds no pair.
-    """
-    root = Path(data_root).absolute()
-    try:
-        layout, frame, problems = _pair_layout(root)
-    except PermissionError as error:  # a container user other than the data's owner
-        raise UserError(
-            f"cannot read {error.filename} (permission denied); make the data set readable"
-        ) from None
-    if frame.empty:
-        unpaired = sorted((p for p in problems if p.severity == "error"), key=lambda p: p.path)
-        first = f", the first {unpaired[0].path}: {unpaired[0].message}" if unpaired else ""
-        raise UserError(
-            f"no image in {root} has a mask ({len(unpaired)} unpaired files{first}); a mask "
-            "must sit in the folder matching its image's and share its file stem"
-        )
-    frame = frame.sort_values("images", ignore_index=True)
-    return ScanResult(frame, sorted(problems, key=lambda p: p.path), layout)
-
-
-def _pair_layout(root: Path) -> tuple[str, pd.DataFrame, list[Problem]]:
-    if not root.is_dir():
-        raise UserError(f"data root {root} is not a folder; point --data_root at your data set")
-    images_dir, masks_dir = _child(root, "Images"), _child(root, "Masks")
-    train_dir = _child(root, "train")
-    if images_dir and masks_dir:
-        frame, problems = _pair_folders(images_dir, masks_dir, default_group="0")
-        frame["split"] = ""
-        return "images_masks", frame, problems
-    if train_dir and _child(train_dir, "images") and _child(train_dir, "masks"):
-        return "train_valid", *_scan_train_valid(root)
-    raise UserError(
-        f"{root} holds neither Images/ + Masks/ nor train/images/ + train/masks/ "
-        "(+ valid/images/ + valid/masks/); arrange the data set in one of these layouts"
-    )
-
-
-def _child(folder: Path, name: str) -> Path | None:
-    """The sub-folder called `name`, matched case-insensitively (exact match first)."""
-    if (folder / name).is_dir():
-        return folder / name
-    for entry in sorted(folder.iterdir()):
-        if entry.is_dir() and entry.name.lower() == name.lower():
-            return entry
-    return None
-
-
-def _scan_train_valid(root: Path) -> tuple[pd.DataFrame, list[Problem]]:
-    frames, problems = [], []
-    for split in ("train", "valid"):
-        split_dir = _child(root, split)
-        images_dir = split_dir and _child(split_dir, "images")
-        masks_dir = split_dir and _child(split_dir, "masks")
-        if not (images_dir and masks_dir):
-            continue  # no valid/: split_train_valid carves one out of train/
-        frame, split_problems = _pair_folders(images_dir, masks_dir, default_group="all")
-        frame["split"] = split
-        frames.append(frame)
-        problems += split_problems
-    return pd.concat(frames, ignore_index=True), problems
-
-
-def _pair_folders(
-    images_dir: Path, masks_dir: Path, *, default_group: str
-) -> tuple[pd.DataFrame, list[Problem]]:
-    """Pairs images and masks sitting at the same relative folder by file stem."""
-    images, problems = _index_files(images_dir)
-    masks, mask_problems = _index_files(masks_dir)
-    problems += mask_problems
-    matches = _match_stems(images, masks)
-    rows = []
-    for key, image in images.items():
-        if key not in matches:
-            folder, stem = key
-            expected = masks_dir / folder / f"{stem}.* or {stem}{MASK_SUFFIX}.*"
-            problems.append(Problem(str(image), f"no mask {expected}"))
-            continue
-        group = key[0].split("/")[0] if key[0] else default_group
-        rows.append((str(image), str(masks[matches[key]]), group))
-    used = set(matches.values())
-    for (folder, stem), mask in masks.items():
-        image_key = (folder, stem.removesuffix(MASK_SUFFIX))
-        if (folder, stem) not in used:
-            message = f"no image {images_dir / folder / image_key[1]}.*"
-            if image_key in matches:  # masks 'x' and 'x_mask' for one image 'x'
-                message = f"{images[image_key].name} pairs with {masks[matches[image_key]].name}"
-            problems.append(Problem(str(mask), f"{message}; ignored"))
-    return pd.DataFrame(rows, columns=list(COLUMNS)), problems
-
-
-def _match_stems(images: dict, masks: dict) -> dict[tuple[str, str], tuple[str, str]]:
-    """Maps image keys to mask keys, each mask used at most once.
-
-    Exact stems are matched first, so that an image named 'x_mask' keeps the
-    mask 'x_mask' and the image 'x' does not take it too.
-    """
-    matches = {}
-    for suffix in ("", MASK_SUFFIX):
-        free = set(masks) - set(matches.values())
-        for folder, stem in images:
-            wanted = (folder, stem + suffix)
-            if (folder, stem) not in matches and wanted in free:
-                matches[folder, stem] = wanted
-                free.discard(wanted)
-    return matches
-
-
-def _index_files(folder: Path) -> tuple[dict[tuple[str, str], Path], list[Problem]]:
-    """Maps (folder relative to `folder`, file stem) to each image file under `folder`."""
-    index, problems = {}, []
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        # Hidden entries include macOS '._name.png' forks and .ipynb_checkpoints copies.
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-            continue
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            # Noted: a mask saved as .gif would otherwise leave only "no mask" to read.
-            extensions = " ".join(sorted(IMAGE_EXTENSIONS))
-            problems.append(Problem(str(path), f"not one of {extensions}; ignored", "note"))
-            continue
-        parent = relative.parent.as_posix()
-        key = ("" if parent == "." else parent, path.stem)
-        if key in index:
-            problems.append(Problem(str(path), f"same stem as {index[key].name}; ignored"))
-            continue
-        index[key] = path
-    return index, problems
 
 
 # ---------------------------------------------------------------- split
@@ -271,7 +109,7 @@ def write_manifests(train: pd.DataFrame, valid: pd.DataFrame, csv_dir, *, data_r
     root = Path(data_root).absolute() if data_root is not None else csv_dir.absolute().parent
     csv_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in (("train.csv", train), ("valid.csv", valid)):
-        relative = frame.loc[:, list(COLUMNS)].copy()
+        relative = frame.loc[:, list(layout.COLUMNS)].copy()
         for column in ("images", "masks"):
             relative[column] = [
                 Path(os.path.relpath(path, root)).as_posix() for path in relative[column]
@@ -319,7 +157,7 @@ def prepare(
             left out, or no folder could be written.
     """
     root = Path(data_root).absolute()
-    found = scan(root)
+    found = layout.scan(root)
     pairs, problems, num_skipped = check.drop_unusable(found.pairs, found.problems)
     if log_problems:
         check.log_problems(problems)
@@ -336,7 +174,7 @@ def prepare(
                 "to valid)"
             )
     write_manifests(train, valid, csv_dir, data_root=root)
-    columns = list(COLUMNS)
+    columns = list(layout.COLUMNS)
     return PrepareResult(
         train[columns], valid[columns], csv_dir, problems, num_skipped, problems_csv
     )
