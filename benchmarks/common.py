@@ -21,6 +21,7 @@ import platform
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -216,6 +217,37 @@ def run_child(script: str, variant: str, args: dict, *, timeout_s: float | None 
     return {"variant": variant, **result, "child_wall_s": wall_s}
 
 
+def run_rounds(
+    script: str, variants: list[str], args: dict, *, rounds: int, key: str
+) -> list[dict]:
+    """Runs every variant `rounds` times, interleaved (A B C A B C ...).
+
+    Figures from one process to the next vary by several percent on a shared
+    machine; interleaving spreads slow spells over all variants, and the
+    median damps them.
+
+    Returns:
+        One row per variant: the run whose `key` is nearest the median, with
+        `key` set to the median and `{key}_runs` listing every run's value.
+    """
+    runs = {variant: [] for variant in variants}
+    for _ in range(rounds):
+        for variant in variants:
+            runs[variant].append(run_child(script, variant, args))
+    rows = []
+    for variant in variants:
+        good = [run for run in runs[variant] if run.get(key) is not None]
+        if not good:
+            rows.append(runs[variant][-1])
+            continue
+        values = [run[key] for run in good]
+        median = statistics.median(values)
+        row = dict(min(good, key=lambda run: abs(run[key] - median)))
+        row.update({key: median, f"{key}_runs": values})
+        rows.append(row)
+    return rows
+
+
 def _error_summary(lines: list[str]) -> str:
     """The child's last exception line, with the line after it when it ends in ':'.
 
@@ -346,6 +378,8 @@ class Column:
         value = row.get(self.key)
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "-"
+        if isinstance(value, list):
+            return " ".join(format(item, self.fmt) for item in value)
         return format(value, self.fmt)
 
 

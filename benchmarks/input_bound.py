@@ -41,10 +41,11 @@ flags.DEFINE_integer("num_images", 400, "Synthetic photos on disk (trainer.synth
 flags.DEFINE_integer("photo_px", 256, "Side of the photos on disk (trainer.synthetic's default).")
 flags.DEFINE_integer("warmup_calls", 2, "Train-function calls before timing, the first included.")
 flags.DEFINE_integer("calls", 20, "Timed train-function calls of steps_per_execution steps.")
+flags.DEFINE_integer("rounds", 2, "Runs of each variant, interleaved; the table shows medians.")
 flags.DEFINE_string("data", None, "Internal: the data folder, for a child.")
 FLAGS = flags.FLAGS
 
-_QUICK = {"num_images": 16, "photo_px": 96, "warmup_calls": 1, "calls": 2}
+_QUICK = {"num_images": 16, "photo_px": 96, "warmup_calls": 1, "calls": 2, "rounds": 1}
 
 
 def run_child(variant: str) -> dict:
@@ -111,7 +112,10 @@ def main(argv):
         "backbone": config.model.backbone,
         "precision": config.train.precision,
         "steps_per_execution": config.train.steps_per_execution,
-        **{name: FLAGS[name].value for name in ("num_images", "photo_px", "warmup_calls", "calls")},
+        **{
+            name: FLAGS[name].value
+            for name in ("num_images", "photo_px", "warmup_calls", "calls", "rounds")
+        },
     }
     title = "train steps/s: real pipeline vs in-memory tensors"
     record = common.start("input_bound", title, settings, FLAGS)
@@ -122,10 +126,13 @@ def main(argv):
         "warmup_calls": FLAGS.warmup_calls,
         "calls": FLAGS.calls,
     }
-    rows = [
-        common.run_child("input_bound", variant, args)
-        for variant in ("pipeline", "uncached", "memory")
-    ]
+    rows = common.run_rounds(
+        "input_bound",
+        ["pipeline", "uncached", "memory"],
+        args,
+        rounds=FLAGS.rounds,
+        key="steps_per_sec",
+    )
     by_variant = {row["variant"]: row for row in rows}
     fraction = common.ratio(
         by_variant["pipeline"].get("steps_per_sec"), by_variant["memory"].get("steps_per_sec")
@@ -138,7 +145,8 @@ def main(argv):
     columns = [
         common.Column("variant", "input"),
         common.Column("cache", "data.cache"),
-        common.Column("steps_per_sec", "steps/s", ".3f"),
+        common.Column("steps_per_sec", "steps/s (median)", ".3f"),
+        common.Column("steps_per_sec_runs", "steps/s of each run", ".3f"),
         common.Column("images_per_sec", "images/s", ".1f"),
         common.Column("cores_busy", "cores busy", ".2f"),
         common.Column("first_call_s", "first call s", ".1f"),
