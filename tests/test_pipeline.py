@@ -128,6 +128,25 @@ def test_rgb_jpeg_mask_is_binarised(tmp_path):
     assert decoded[:, :14].sum() == 0 and decoded[:, 18:].min() == 1
 
 
+@pytest.mark.parametrize(
+    "name, mode",
+    [
+        ("m.bmp", "L"),
+        ("m.webp", "L"),
+        ("m.png", "RGBA"),
+        ("m.png", "LA"),
+        ("m.png", "P"),
+        ("m.jpg", "CMYK"),
+    ],
+)
+def test_masks_in_any_format_tensorflow_reads_decode_alike(tmp_path, name, mode):
+    pixels = np.zeros((24, 32), np.uint8)
+    pixels[:, 20:] = 255
+    Image.fromarray(pixels).convert(mode).save(tmp_path / name, lossless=True)
+    decoded = pipeline.decode_mask(tf.constant(str(tmp_path / name))).numpy()
+    np.testing.assert_array_equal(decoded[..., 0], pixels // 255)
+
+
 def test_parallelism_derives_from_cpus_and_replicas(monkeypatch):
     monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 16)
     assert pipeline.pipeline_parallelism(_data_config(), local_replicas=8) == (16, 16)

@@ -37,7 +37,7 @@ from absl import logging
 
 MODES = ("none", "disk")
 # Bump when the decode/resize code changes what a cached pair holds.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _SUFFIX = ".pair"
 _LOG_EVERY_S = 15.0
 

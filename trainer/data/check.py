@@ -174,8 +174,7 @@ def _compare_sizes(image_hw, mask_hw, mask_path: str) -> Problem | None:
 def _mask_contents(mask: np.ndarray, mask_path: str) -> list[Problem | None]:
     """Problems of a decoded mask `[h, w, 1]` in {0, 1}: empty, full, not binary."""
     # The values before thresholding, read as `pipeline.decode_mask` reads them.
-    raw = tf.io.decode_image(tf.io.read_file(mask_path), channels=1, expand_animations=False)
-    raw = raw.numpy()
+    raw = pipeline.decode_mask_values(tf.constant(mask_path)).numpy()
     if mask.all():
         full = Problem(mask_path, "mask is entirely foreground", "note")
         return [full, _gray_pixels(raw, mask_path)]

@@ -33,13 +33,33 @@ def decode_image(path: tf.Tensor) -> tf.Tensor:
     return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
 
 
+def decode_mask_values(path: tf.Tensor) -> tf.Tensor:
+    """Reads a mask file as uint8 `[height, width, 1]`, values as stored (not binarised).
+
+    Decoded with its own channels, then made one: RGB(A) to luminance, gray +
+    alpha to gray. (Asking the decoder for one channel directly fails for BMP
+    and WebP files, and for CMYK JPEGs, which decode to RGB.)
+    """
+    contents = tf.io.read_file(path)
+    raw = tf.io.decode_image(contents, channels=0, expand_animations=False)
+    num_channels = tf.shape(raw)[-1]
+    is_cmyk = tf.logical_and(tf.io.is_jpeg(contents), tf.equal(num_channels, 4))
+    # A JPEG has no alpha: 4 channels are CMYK, whose first 3 are not RGB.
+    tf.debugging.Assert(tf.logical_not(is_cmyk), ["a CMYK JPEG mask; save it as a grayscale PNG"])
+    return tf.cond(
+        num_channels >= 3,
+        lambda: tf.image.rgb_to_grayscale(raw[..., :3]),
+        lambda: raw[..., :1],
+    )
+
+
 def decode_mask(path: tf.Tensor) -> tf.Tensor:
     """Reads a mask file as uint8 `[height, width, 1]` in {0, 1}.
 
     0/255 masks (and 3-channel or JPEG ones) are binarised at 127; label-index
     masks whose values are only 0 and 1 are kept as they are.
     """
-    mask = tf.io.decode_image(tf.io.read_file(path), channels=1, expand_animations=False)
+    mask = decode_mask_values(path)
     is_label_index = tf.reduce_max(mask) <= 1
     return tf.where(is_label_index, mask, tf.cast(mask > BINARY_THRESHOLD, tf.uint8))
 
