@@ -3,8 +3,10 @@
 import functools
 import json
 import os
+import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -167,7 +169,7 @@ def _worker_lines(stdout, index):
 
 CHIEF_FILES = {"metrics.jsonl", "config.json", "export", "checkpoints"}
 # What else a run may write; anything outside these would be a worker's stray copy.
-RUN_FILES = CHIEF_FILES | {"best", "tb", "curves.png", "samples", "csv_file"}
+RUN_FILES = CHIEF_FILES | {"best", "tb", "curves.png", "samples", "csv_file", "cache"}
 
 
 @pytest.mark.slow
@@ -195,6 +197,56 @@ def test_two_local_workers_resume_from_the_chiefs_checkpoint(multi_worker_runs):
         assert any("Resumed from checkpoint at step 2" in x for x in lines), index
     assert [r["step"] for r in second["records"]] == [2, 2, 4, 4]
     assert second["names"] <= RUN_FILES and second["worker_tmp"] == []
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_stops_all_at_the_same_step_with_a_checkpoint(
+    synthetic_root, tmp_path
+):
+    """A preempted VM or evicted pod signals one worker; the others must not hang."""
+    workdir = tmp_path / "workdir"
+    configs = multi_worker_local.tf_configs(
+        [f"127.0.0.1:{port}" for port in multi_worker_local.free_ports(2)]
+    )
+    args = [
+        *TINY,
+        "--config.train.steps=400",
+        "--config.train.eval_every=100",
+        "--num_cpu_devices=1",
+        f"--data_root={synthetic_root}",
+        f"--workdir={workdir}",
+    ]
+    logs = [tmp_path / f"worker{index}.log" for index in range(2)]
+    workers = []
+    for index, log in enumerate(logs):
+        with open(log, "w") as out:
+            workers.append(
+                subprocess.Popen(
+                    multi_worker_local.worker_command(args),
+                    cwd=REPO,
+                    env=multi_worker_local.worker_env(configs[index], index, None),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    try:
+        deadline = time.monotonic() + 300
+        while "step 2/400" not in logs[0].read_text() and time.monotonic() < deadline:
+            assert all(w.poll() is None for w in workers), logs[0].read_text()[-3000:]
+            time.sleep(0.5)
+        workers[1].send_signal(signal.SIGTERM)
+        codes = [w.wait(timeout=120) for w in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0], texts[0][-3000:] + texts[1][-3000:]
+    stopped = re.search(r"Stopped by SIGTERM at step (\d+);", texts[1])
+    assert stopped, texts[1][-3000:]
+    step = int(stopped.group(1))
+    assert f"Stopped by another worker's stop request at step {step};" in texts[0]
+    assert 0 < step < 400
+    assert (workdir / "checkpoints" / f"ckpt-{step}.index").exists()
 
 
 # --- cluster_commands ---------------------------------------------------------------

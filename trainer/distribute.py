@@ -121,3 +121,35 @@ def describe(strategy: tf.distribute.Strategy) -> None:
             d.name for d in tf.config.list_logical_devices() if d.device_type != "TPU_SYSTEM"
         ),
     )
+
+
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """How many processes train together: the cluster's workers under multi-worker, else 1.
+
+    (A TPU strategy drives all its hosts from this one process.)
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1
+    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+    return max(1, len(cluster.get("worker", ())) + len(cluster.get("chief", ())))
+
+
+def make_any_worker_fn(strategy: tf.distribute.Strategy):
+    """A function `flag -> bool`: True when `flag` is True on any worker.
+
+    Every worker must call it at the same point: on several workers it is a
+    collective (a sum over all replicas). A stop request (SIGTERM) reaches one
+    worker at a time (one preempted VM, one evicted pod); if that worker alone
+    left the loop, the others would wait in the next step's all-reduce while
+    it waited in the checkpoint's. Agreeing first, all of them stop after the
+    same step and save the same checkpoint. One process needs no agreement.
+    """
+    if num_workers(strategy) == 1:
+        return bool
+
+    @tf.function
+    def count(flag):
+        per_replica = strategy.run(lambda: tf.cast(flag, tf.int32))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return lambda flag: int(count(tf.constant(bool(flag)))) > 0

@@ -154,7 +154,8 @@ def main(argv):
     window = _TrainWindow()
     divergence = _DivergenceGuard(config.train.max_bad_steps)
     stop = preemption.StopRequest().install()
-    while int(step.numpy()) < total_steps and not stop.requested:
+    any_worker = distribute.make_any_worker_fn(strategy)
+    while int(step.numpy()) < total_steps and not any_worker(stop.requested):
         current = int(step.numpy())
         num_steps = steps_until_event(current, plan, config.train.steps_per_execution)
         started = time.perf_counter()
@@ -189,10 +190,12 @@ def main(argv):
     state.save(force=True)
     progress.close()
     stop.uninstall()
-    if stop.requested:
+    stopped_early = int(step.numpy()) < total_steps
+    if stopped_early:
+        cause = stop.signal_name or "another worker's stop request"
         message = (
-            f"Stopped by {stop.signal_name} at step {int(step.numpy())}; the checkpoint is "
-            f"saved: run the same command again to resume"
+            f"Stopped by {cause} at step {int(step.numpy())}; the checkpoint is saved: "
+            "run the same command again to resume"
         )
         logging.warning("%s", message)
         print(message, flush=True)
