@@ -13,6 +13,7 @@ This module imports no TensorFlow; `benchmarks.harness` is the children's side.
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import math
@@ -174,7 +175,14 @@ def time_calls(call, *, warmup_calls: int, timed_calls: int) -> dict:
 # ---------------------------------------------------------------- child processes
 
 
-def run_child(script: str, variant: str, args: dict, *, timeout_s: float | None = None) -> dict:
+def run_child(
+    script: str,
+    variant: str,
+    args: dict,
+    *,
+    timeout_s: float | None = None,
+    scratch_flag: str | None = None,
+) -> dict:
     """Runs one variant in a fresh Python process and returns what it wrote.
 
     Args:
@@ -182,13 +190,21 @@ def run_child(script: str, variant: str, args: dict, *, timeout_s: float | None 
         variant: passed as `--child`; the row's label.
         args: more flags, `{name: value}`.
         timeout_s: the child is killed after this long.
+        scratch_flag: if set, the child gets a new empty folder (under
+            benchmarks/.data/, on the data's disk) in this flag, removed once
+            it has exited: removing it in the child, whose pipelines still
+            prefetch to the end, would make their reads fail.
 
     Returns:
         The child's result dict plus `variant` and `child_wall_s`; on failure
         `{"variant", "error"}`, the child's last output lines printed.
     """
     print(f"  running {script} {variant} ...", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as cleanup:
+        if scratch_flag:
+            DATA_DIR.mkdir(parents=True, exist_ok=True)
+            scratch = cleanup.enter_context(tempfile.TemporaryDirectory(dir=DATA_DIR))
+            args = {**args, scratch_flag: scratch}
         result_path = Path(tmp) / "result.json"
         command = [
             sys.executable,
@@ -218,7 +234,13 @@ def run_child(script: str, variant: str, args: dict, *, timeout_s: float | None 
 
 
 def run_rounds(
-    script: str, variants: list[str], args: dict, *, rounds: int, key: str
+    script: str,
+    variants: list[str],
+    args: dict,
+    *,
+    rounds: int,
+    key: str,
+    scratch_flag: str | None = None,
 ) -> list[dict]:
     """Runs every variant `rounds` times, interleaved (A B C A B C ...).
 
@@ -233,7 +255,7 @@ def run_rounds(
     runs = {variant: [] for variant in variants}
     for _ in range(rounds):
         for variant in variants:
-            runs[variant].append(run_child(script, variant, args))
+            runs[variant].append(run_child(script, variant, args, scratch_flag=scratch_flag))
     rows = []
     for variant in variants:
         good = [run for run in runs[variant] if run.get(key) is not None]

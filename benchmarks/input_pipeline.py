@@ -33,8 +33,6 @@ which runs no variant, stays free of it.
 """
 
 import multiprocessing
-import shutil
-import tempfile
 import time
 
 from trainer.data import augment
@@ -58,8 +56,6 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer("num_devices", 1, "The seed's len(device): its maps use cpu_count // this.")
 flags.DEFINE_string("data", None, "Internal: the data folder, for a child.")
-# The parent makes and removes it: removing it in the child, whose pipeline
-# still prefetches, made the reads fail and swelled the child's memory.
 flags.DEFINE_string("cache_dir", None, "Internal: an empty cache folder, for ours+cache.")
 FLAGS = flags.FLAGS
 
@@ -200,11 +196,7 @@ def main(argv):
         for variant in VARIANTS:
             args = {name: FLAGS[name].value for name in settings if name != "sizes"}
             args = {**args, "data": roots[size]}
-            if variant == "ours+cache":
-                args["cache_dir"] = tempfile.mkdtemp(prefix="cache_", dir=roots[size].parent)
-            result = common.run_child("input_pipeline", variant, args)
-            if "cache_dir" in args:
-                shutil.rmtree(args["cache_dir"])
+            result = common.run_child("input_pipeline", variant, args, scratch_flag="cache_dir")
             rows.append({**result, "size": size})
     goals, notes = _judge(rows, sizes)
     return common.finish(record, rows, _COLUMNS, goals=goals, notes=notes)

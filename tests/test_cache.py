@@ -77,8 +77,14 @@ def _load_fn(size_px):
     return load
 
 
-def _cache(frame, folder, size_px=32):
+def _cache_with_failures(frame, folder, size_px=32):
     return cache.ensure_cached(frame, size_px, str(folder), _load_fn(size_px), num_parallel_calls=2)
+
+
+def _cache(frame, folder, size_px=32):
+    paths, failed_rows = _cache_with_failures(frame, folder, size_px)
+    assert failed_rows == []
+    return paths
 
 
 def test_second_run_reuses_the_files_and_a_changed_photo_gets_a_new_one(frame, tmp_path):
@@ -110,18 +116,46 @@ def test_leftover_temporary_file_is_not_taken_for_a_pair(frame, tmp_path):
     assert os.path.getsize(again[0]) == 32 * 32 * 4
 
 
-def test_undecodable_pair_is_skipped_in_training_as_without_the_cache(frame, tmp_path):
+def test_undecodable_pair_is_named_then_skipped_in_training_and_left_out_of_validation(
+    frame, tmp_path, monkeypatch
+):
+    warnings = []
+    monkeypatch.setattr(cache.logging, "warning", lambda *args: warnings.append(args[0] % args[1:]))
     with open(frame["images"][2], "wb") as f:
         f.write(b"not an image")
-    paths = _cache(frame, tmp_path / "cache")
-    assert not os.path.exists(paths[2])
+    paths, failed_rows = _cache_with_failures(frame, tmp_path / "cache")
+    assert failed_rows == [2] and not os.path.exists(paths[2])
     assert all(os.path.exists(p) for i, p in enumerate(paths) if i != 2)
+    assert len(warnings) == 1 and frame["images"][2] in warnings[0], warnings
+
     config = _data_config(augment=False)
-    dataset = pipeline.make_dataset(
-        frame, config, training=True, seed=0, cache_dir=str(tmp_path / "cache")
-    )
-    images = np.concatenate([batch[0].numpy() for batch in dataset.take(5)])
-    assert len(images) == 20
+    folder = str(tmp_path / "cache")
+    training = pipeline.make_dataset(frame, config, training=True, seed=0, cache_dir=folder)
+    assert len(np.concatenate([batch[0].numpy() for batch in training.take(5)])) == 20
+    validation = pipeline.make_dataset(frame, config, training=False, cache_dir=folder)
+    assert sum(len(batch[0]) for batch in validation) == len(frame) - 1
+
+
+def test_no_decodable_pair_at_all_is_one_line(frame, tmp_path):
+    for path in frame["masks"]:
+        with open(path, "wb") as f:
+            f.write(b"")
+    with pytest.raises(UserError, match=r"none of the 10 image/mask pairs could be decoded"):
+        _cache_with_failures(frame, tmp_path / "cache")
+
+
+def test_unwritable_cache_folder_is_one_line(frame, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match=r"a_file/cache cannot be written .*data.cache=none"):
+        _cache(frame, tmp_path / "a_file" / "cache")
+
+
+def test_a_file_touched_within_the_same_second_is_cached_again(frame, tmp_path):
+    first = _cache(frame, tmp_path / "cache")
+    stat = os.stat(frame["masks"][4])
+    os.utime(frame["masks"][4], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1000))
+    again = _cache(frame, tmp_path / "cache")
+    assert [a == b for a, b in zip(first, again, strict=True)] == [i != 4 for i in range(10)]
 
 
 def test_cache_dir_follows_the_config(tmp_path):

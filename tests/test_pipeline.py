@@ -2,6 +2,7 @@
 
 import trainer  # noqa: F401
 from trainer.data import pipeline
+from trainer.errors import UserError
 
 import numpy as np
 import pandas as pd
@@ -145,6 +146,20 @@ def test_masks_in_any_format_tensorflow_reads_decode_alike(tmp_path, name, mode)
     Image.fromarray(pixels).convert(mode).save(tmp_path / name, lossless=True)
     decoded = pipeline.decode_mask(tf.constant(str(tmp_path / name))).numpy()
     np.testing.assert_array_equal(decoded[..., 0], pixels // 255)
+
+
+def test_batches_have_static_channel_sizes(frame):
+    for training in (True, False):
+        image_spec, mask_spec = pipeline.make_dataset(
+            frame, _data_config(augment=False), training=training
+        ).element_spec
+        assert image_spec.shape[1:] == (32, 32, 3) and mask_spec.shape[1:] == (32, 32, 1)
+
+
+def test_a_worker_without_a_single_pair_is_one_line(frame):
+    context = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=2)
+    with pytest.raises(UserError, match=r"validation set has 2 image/mask pairs for 3 input"):
+        pipeline.make_dataset(frame.iloc[:2], _data_config(), context, training=False)
 
 
 def test_parallelism_derives_from_cpus_and_replicas(monkeypatch):

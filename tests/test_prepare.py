@@ -48,7 +48,7 @@ def _damage(root: Path) -> dict[str, str]:
     Image.fromarray(mask[::2]).save(root / "Masks/1/nail_00003.png")  # squashed
     Image.fromarray(mask[::2, ::2]).save(root / "Masks/1/nail_00004.png")
     (root / "Masks/1/nail_00005.png").unlink()
-    Image.fromarray(mask).save(root / "Masks/1/nail_00005.bmp")
+    Image.fromarray(mask).save(root / "Masks/1/nail_00005.tif")  # TensorFlow reads no TIFF
     (root / "Masks/1/nail_00006.png").unlink()
     Image.fromarray(mask).save(root / "Masks/1/nail_00006.jpg", quality=70)
     image = root / "Images/1/nail_00007.png"
@@ -60,7 +60,7 @@ def _damage(root: Path) -> dict[str, str]:
         "Masks/1/nail_00002.png": "error: {}: no image ",
         "Masks/1/nail_00003.png": "error: {}: mask is 64x32 but its image is 64x64: other",
         "Masks/1/nail_00004.png": "warning: {}: mask is 32x32 but its image is 64x64; both are",
-        "Masks/1/nail_00005.bmp": "error: {}: the trainer cannot read this mask (`channels`",
+        "Masks/1/nail_00005.tif": "error: {}: the trainer cannot read this mask (Unknown image",
         "Masks/1/nail_00006.jpg": "note: {}: mask is not binary: ",
         "Images/1/nail_00007.tif": "error: {}: the trainer cannot read this image (Unknown image",
     }

@@ -11,8 +11,9 @@ paths, their sizes and modification times, the image size, the resize version):
   - the pipeline's file-name shuffle and skip-based resume stay as they are:
     any example is one read away, nothing decoded is held in a buffer;
   - a changed photo or another image size gets new files, never stale ones;
-  - a write is atomic (a temporary file, then a rename), so a killed run
-    leaves no half file, and workers sharing the folder can write side by side;
+  - a write is atomic (a temporary file, then a rename; a bucket object
+    appears whole), so a killed run leaves no half file, and workers or runs
+    sharing the folder can write side by side;
   - when the files fit in memory the OS page cache holds them, outside the
     trainer's own memory, and they outlive the run for the next one.
 
@@ -23,7 +24,9 @@ shuffling after it needs the buffer of decoded photos that we avoid.
 import hashlib
 import os
 import shutil
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from concurrent import futures
 
@@ -83,7 +86,7 @@ def ensure_cached(
     load_fn: LoadFn,
     *,
     num_parallel_calls: int,
-) -> np.ndarray:
+) -> tuple[np.ndarray, list[int]]:
     """Caches every pair of `frame` not cached yet; returns each row's cache file.
 
     A pair that cannot be decoded gets no file: reading it fails as decoding it
@@ -97,47 +100,76 @@ def ensure_cached(
         num_parallel_calls: pairs decoded at once.
 
     Returns:
-        str array of cache file paths, one per row of `frame`, in its order.
+        `(paths, failed_rows)`: str array of cache file paths, one per row of
+        `frame` in its order, and the rows that could not be decoded (logged
+        with their paths).
 
     Raises:
-        UserError: when a local folder has too little free space for the new files.
+        UserError: the folder cannot be written, a local folder has too little
+            free space for the new files, or no pair at all could be decoded.
     """
     size_folder = os.path.join(folder, f"{size_px}px")
-    tf.io.gfile.makedirs(size_folder)
     images = frame["images"].astype(str).to_list()
     masks = frame["masks"].astype(str).to_list()
     names = _names(images, masks, size_px)
     paths = np.array([os.path.join(size_folder, name) for name in names], dtype=object)
-    present = set(tf.io.gfile.listdir(size_folder))
-    missing = [row for row, name in enumerate(names) if name not in present]
-    if not missing:
-        logging.info("Data cache: all %d pairs at %d px are in %s", len(names), size_px, folder)
-        return paths.astype(str)
-    _check_free_space(size_folder, len(missing) * pair_bytes(size_px))
+    try:
+        tf.io.gfile.makedirs(size_folder)
+        present = set(tf.io.gfile.listdir(size_folder))
+        missing = [row for row, name in enumerate(names) if name not in present]
+        if not missing:
+            logging.info("Data cache: all %d pairs at %d px are in %s", len(names), size_px, folder)
+            return paths.astype(str), []
+        _check_free_space(size_folder, len(missing) * pair_bytes(size_px))
+        logging.info(
+            "Data cache: decoding %d of %d pairs once at %d px into %s",
+            len(missing),
+            len(names),
+            size_px,
+            folder,
+        )
+        started = time.monotonic()
+        written = _write_missing(
+            [images[row] for row in missing],
+            [masks[row] for row in missing],
+            [paths[row] for row in missing],
+            load_fn,
+            num_parallel_calls,
+        )
+    except (tf.errors.OpError, OSError) as error:
+        reason = getattr(error, "message", None) or str(error)
+        raise UserError(
+            f"data cache {folder} cannot be written ({reason.splitlines()[0][:200]}); point "
+            "--config.data.cache_dir at a writable disk, or turn the cache off with "
+            "--config.data.cache=none"
+        ) from None
     logging.info(
-        "Data cache: decoding %d of %d pairs once at %d px into %s",
-        len(missing),
-        len(names),
-        size_px,
-        folder,
-    )
-    started = time.monotonic()
-    written = _write_missing(
-        [images[row] for row in missing],
-        [masks[row] for row in missing],
-        [paths[row] for row in missing],
-        load_fn,
-        num_parallel_calls,
-    )
-    failed = len(missing) - written
-    logging.info(
-        "Data cache: %d pairs written in %.1f s (%.0f MiB)%s",
-        written,
+        "Data cache: %d pairs written in %.1f s (%.0f MiB)",
+        len(written),
         time.monotonic() - started,
-        written * pair_bytes(size_px) / 2**20,
-        f"; {failed} could not be decoded and are skipped" if failed else "",
+        len(written) * pair_bytes(size_px) / 2**20,
     )
-    return paths.astype(str)
+    failed_rows = [row for index, row in enumerate(missing) if index not in written]
+    _report_failures(failed_rows, images, masks, len(names))
+    return paths.astype(str), failed_rows
+
+
+def _report_failures(failed_rows: list[int], images, masks, num_pairs: int) -> None:
+    if not failed_rows:
+        return
+    named = "; ".join(f"{images[row]} + {masks[row]}" for row in failed_rows[:3])
+    more = f" and {len(failed_rows) - 3} more" if len(failed_rows) > 3 else ""
+    if len(failed_rows) == num_pairs:
+        raise UserError(
+            f"none of the {num_pairs} image/mask pairs could be decoded (e.g. {named}); "
+            "`python -m trainer.prepare --data_root=DIR --check` lists the problems"
+        )
+    logging.warning(
+        "Data cache: %d pairs could not be decoded and are left out: %s%s",
+        len(failed_rows),
+        named,
+        more,
+    )
 
 
 def _names(images: list[str], masks: list[str], size_px: int) -> list[str]:
@@ -157,8 +189,12 @@ def _names(images: list[str], masks: list[str], size_px: int) -> list[str]:
 def _stamp(path: str) -> str:
     """Size and modification time of a file; a fixed word when it is missing."""
     try:
+        if "://" not in path:
+            # os.stat: TensorFlow's local stat rounds the time to whole seconds.
+            stat = os.stat(path)
+            return f"{stat.st_size}:{stat.st_mtime_ns}"
         stat = tf.io.gfile.stat(path)
-    except tf.errors.OpError:
+    except (OSError, tf.errors.OpError):
         return "missing"
     return f"{stat.length}:{stat.mtime_nsec}"
 
@@ -175,27 +211,35 @@ def _check_free_space(folder: str, needed_bytes: int) -> None:
         )
 
 
-def _write_missing(images, masks, paths, load_fn: LoadFn, num_parallel_calls: int) -> int:
-    """Decodes pairs in parallel and writes each atomically; returns how many were written."""
+def _write_missing(images, masks, paths, load_fn: LoadFn, num_parallel_calls: int) -> set[int]:
+    """Decodes pairs in parallel and writes each; returns the indices written."""
     dataset = tf.data.Dataset.from_tensor_slices((images, masks, tf.range(len(paths))))
     dataset = dataset.map(
-        lambda image, mask, row: (*load_fn(image, mask), row),
+        lambda image, mask, index: (*load_fn(image, mask), index),
         num_parallel_calls=num_parallel_calls,
         deterministic=False,
     )
     dataset = dataset.ignore_errors().prefetch(num_parallel_calls)
-    written, last_log = 0, time.monotonic()
-    for image, mask, row in dataset.as_numpy_iterator():
-        _write_atomically(paths[row], np.concatenate([image, mask], axis=-1).tobytes())
-        written += 1
+    written, last_log = set(), time.monotonic()
+    for image, mask, index in dataset.as_numpy_iterator():
+        _write(paths[index], np.concatenate([image, mask], axis=-1).tobytes())
+        written.add(int(index))
         if time.monotonic() - last_log > _LOG_EVERY_S:
-            logging.info("Data cache: %d of %d pairs written", written, len(paths))
+            logging.info("Data cache: %d of %d pairs written", len(written), len(paths))
             last_log = time.monotonic()
     return written
 
 
-def _write_atomically(path: str, payload: bytes) -> None:
-    temporary = f"{path}.tmp{os.getpid()}"
-    with tf.io.gfile.GFile(temporary, "wb") as f:
+def _write(path: str, payload: bytes) -> None:
+    """Writes a file so that no reader ever sees it half written."""
+    if "://" in path:
+        # A bucket object appears whole when its upload ends; a rename there is a copy.
+        with tf.io.gfile.GFile(path, "wb") as f:
+            f.write(payload)
+        return
+    # Unique per writer: runs sharing the folder (containers all have pid 1) may
+    # cache the same pair at once; the last rename wins, with identical bytes.
+    temporary = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    with open(temporary, "wb") as f:
         f.write(payload)
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    os.replace(temporary, path)

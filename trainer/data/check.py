@@ -3,8 +3,8 @@
 The check calls the input pipeline's own decoders (`pipeline.decode_image`,
 `pipeline.decode_mask`), so that a pair that passes it is a pair the trainer
 can read as intended: a second decoder (OpenCV, PIL) accepts files TensorFlow
-rejects (TIFF images; BMP, WebP or CMYK JPEG masks), on which a run would stop
-hours in, and reads 16-bit label masks that TensorFlow's 8 bits leave empty.
+rejects (TIFF), on which a run would stop hours in, and reads 16-bit label
+masks that TensorFlow's 8 bits leave empty.
 
 Severities: 'error' means the trainer cannot use the file, so its pair is left
 out of the manifests; 'warning' means usable but likely a mistake; 'note' means

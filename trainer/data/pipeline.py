@@ -18,6 +18,7 @@ Only file names are ever shuffled: a buffer of decoded photos (the seed's
 import os
 
 from trainer.data import augment, cache
+from trainer.errors import UserError
 
 import ml_collections
 import numpy as np
@@ -37,20 +38,16 @@ def decode_mask_values(path: tf.Tensor) -> tf.Tensor:
     """Reads a mask file as uint8 `[height, width, 1]`, values as stored (not binarised).
 
     Decoded with its own channels, then made one: RGB(A) to luminance, gray +
-    alpha to gray. (Asking the decoder for one channel directly fails for BMP
-    and WebP files, and for CMYK JPEGs, which decode to RGB.)
+    alpha to gray (CMYK JPEGs decode to RGB). Asking the decoder for one
+    channel directly fails for BMP, WebP and CMYK JPEG files.
     """
-    contents = tf.io.read_file(path)
-    raw = tf.io.decode_image(contents, channels=0, expand_animations=False)
-    num_channels = tf.shape(raw)[-1]
-    is_cmyk = tf.logical_and(tf.io.is_jpeg(contents), tf.equal(num_channels, 4))
-    # A JPEG has no alpha: 4 channels are CMYK, whose first 3 are not RGB.
-    tf.debugging.Assert(tf.logical_not(is_cmyk), ["a CMYK JPEG mask; save it as a grayscale PNG"])
-    return tf.cond(
-        num_channels >= 3,
+    raw = tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False)
+    one_channel = tf.cond(
+        tf.shape(raw)[-1] >= 3,
         lambda: tf.image.rgb_to_grayscale(raw[..., :3]),
         lambda: raw[..., :1],
     )
+    return tf.ensure_shape(one_channel, [None, None, 1])
 
 
 def decode_mask(path: tf.Tensor) -> tf.Tensor:
@@ -179,8 +176,15 @@ def make_dataset(
     size_px = data_config.image_size
 
     num_pipelines = input_context.num_input_pipelines
-    shard_size_max = -(-len(frame) // num_pipelines)
+    num_pairs = len(frame)
+    shard_size_max = -(-num_pairs // num_pipelines)
     frame = frame.iloc[input_context.input_pipeline_id :: num_pipelines].reset_index(drop=True)
+    if frame.empty:
+        split = "training" if training else "validation"
+        raise UserError(
+            f"the {split} set has {num_pairs} image/mask pairs for {num_pipelines} input "
+            "pipelines (one per worker), and each needs at least one; add data or use fewer workers"
+        )
     images = tf.constant(frame["images"].astype(str).to_numpy())
     masks = tf.constant(frame["masks"].astype(str).to_numpy())
 
@@ -193,15 +197,15 @@ def make_dataset(
             return (*decode_and_resize(images[index], masks[index]), example_seed)
 
     else:
-        cached = tf.constant(
-            cache.ensure_cached(
-                frame,
-                size_px,
-                cache_dir,
-                decode_and_resize,
-                num_parallel_calls=num_parallel_calls,
-            )
+        cache_paths, failed_rows = cache.ensure_cached(
+            frame, size_px, cache_dir, decode_and_resize, num_parallel_calls=num_parallel_calls
         )
+        if failed_rows and not training:
+            # Training keeps the rows (its stream positions must not move on a
+            # resume) and skips them; evaluation simply leaves them out.
+            keep = np.setdiff1d(np.arange(len(frame)), failed_rows)
+            frame, cache_paths = frame.iloc[keep].reset_index(drop=True), cache_paths[keep]
+        cached = tf.constant(cache_paths)
 
         def load(index, example_seed):
             return (*cache.read_pair(cached[index], size_px), example_seed)
