@@ -24,6 +24,8 @@ Encoder weights are never downloaded (`encoder_weights` is set to none).
 Each variant runs in its own process; TensorFlow is imported in the child only.
 """
 
+import os
+
 import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
 from absl import app, flags
@@ -113,7 +115,10 @@ def main(argv):
         },
     }
     title = "train steps/s: real pipeline vs in-memory tensors"
-    record = common.start("input_bound", title, settings, FLAGS)
+    # One results file per config: the seed config's run must not replace the demo's.
+    config_name = os.path.splitext(os.path.basename(settings["config"]))[0]
+    name = "input_bound" if config_name == "demo_cpu" else f"input_bound_{config_name}"
+    record = common.start(name, title, settings, FLAGS)
     root = common.synthetic_data(FLAGS.num_images, FLAGS.photo_px)
     args = {
         "config_json": config_json,
