@@ -69,16 +69,11 @@ def test_cached_batches_equal_decoded_ones(frame, tmp_path, training):
             np.testing.assert_array_equal(cached_part, decoded_part)
 
 
-def _load_fn(size_px):
-    def load(image_path, mask_path):
-        image = pipeline.decode_image(image_path)
-        return pipeline.resize_pair(image, pipeline.decode_mask(mask_path), size_px)
-
-    return load
-
-
 def _cache_with_failures(frame, folder, size_px=32):
-    return cache.ensure_cached(frame, size_px, str(folder), _load_fn(size_px), num_parallel_calls=2)
+    def load_fn(image_path, mask_path):
+        return pipeline.load_pair(image_path, mask_path, size_px)
+
+    return cache.ensure_cached(frame, size_px, str(folder), load_fn, num_parallel_calls=2)
 
 
 def _cache(frame, folder, size_px=32):

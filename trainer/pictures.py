@@ -47,9 +47,7 @@ def take_samples(rows: pd.DataFrame, image_size: int, num_samples: int = 8) -> S
     chosen = np.unique(np.linspace(0, len(rows) - 1, num=count).round().astype(int))
     images, masks = [], []
     for i in chosen:
-        image = pipeline.decode_image(rows["images"].iloc[i])
-        mask = pipeline.decode_mask(rows["masks"].iloc[i])
-        image, mask = pipeline.resize_pair(image, mask, image_size)
+        image, mask = pipeline.load_pair(rows["images"].iloc[i], rows["masks"].iloc[i], image_size)
         images.append(image.numpy())
         masks.append(mask.numpy())
     names = [os.path.basename(rows["images"].iloc[i]) for i in chosen]

@@ -112,14 +112,14 @@ def ensure_cached(
     images = frame["images"].astype(str).to_list()
     masks = frame["masks"].astype(str).to_list()
     names = _names(images, masks, size_px)
-    paths = np.array([os.path.join(size_folder, name) for name in names], dtype=object)
+    paths = np.array([os.path.join(size_folder, name) for name in names], dtype=str)
     try:
         tf.io.gfile.makedirs(size_folder)
         present = set(tf.io.gfile.listdir(size_folder))
         missing = [row for row, name in enumerate(names) if name not in present]
         if not missing:
             logging.info("Data cache: all %d pairs at %d px are in %s", len(names), size_px, folder)
-            return paths.astype(str), []
+            return paths, []
         _check_free_space(size_folder, len(missing) * pair_bytes(size_px))
         logging.info(
             "Data cache: decoding %d of %d pairs once at %d px into %s",
@@ -151,7 +151,7 @@ def ensure_cached(
     )
     failed_rows = [row for index, row in enumerate(missing) if index not in written]
     _report_failures(failed_rows, images, masks, len(names))
-    return paths.astype(str), failed_rows
+    return paths, failed_rows
 
 
 def _report_failures(failed_rows: list[int], images, masks, num_pairs: int) -> None:

@@ -91,6 +91,15 @@ def resize_pair(image: tf.Tensor, mask: tf.Tensor, size_px: int):
     return image, mask
 
 
+def load_pair(image_path: tf.Tensor, mask_path: tf.Tensor, size_px: int):
+    """Decodes an image and its mask and resizes both, as training and evaluation see them.
+
+    Returns:
+        uint8 image `[size_px, size_px, 3]`, uint8 mask `[size_px, size_px, 1]` in {0, 1}.
+    """
+    return resize_pair(decode_image(image_path), decode_mask(mask_path), size_px)
+
+
 def to_model_inputs(image: tf.Tensor, mask: tf.Tensor):
     """uint8 image and mask -> float32 image in 0..1 and float32 mask in {0, 1}."""
     return tf.cast(image, tf.float32) / 255.0, tf.cast(mask, tf.float32)
@@ -185,20 +194,20 @@ def make_dataset(
             f"the {split} set has {num_pairs} image/mask pairs for {num_pipelines} input "
             "pipelines (one per worker), and each needs at least one; add data or use fewer workers"
         )
-    images = tf.constant(frame["images"].astype(str).to_numpy())
-    masks = tf.constant(frame["masks"].astype(str).to_numpy())
-
-    def decode_and_resize(image_path, mask_path):
-        return resize_pair(decode_image(image_path), decode_mask(mask_path), size_px)
-
     if cache_dir is None:
+        images = tf.constant(frame["images"].astype(str).to_numpy())
+        masks = tf.constant(frame["masks"].astype(str).to_numpy())
 
         def load(index, example_seed):
-            return (*decode_and_resize(images[index], masks[index]), example_seed)
+            return (*load_pair(images[index], masks[index], size_px), example_seed)
 
     else:
         cache_paths, failed_rows = cache.ensure_cached(
-            frame, size_px, cache_dir, decode_and_resize, num_parallel_calls=num_parallel_calls
+            frame,
+            size_px,
+            cache_dir,
+            lambda image_path, mask_path: load_pair(image_path, mask_path, size_px),
+            num_parallel_calls=num_parallel_calls,
         )
         if failed_rows and not training:
             # Training keeps the rows (its stream positions must not move on a
