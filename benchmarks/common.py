@@ -388,7 +388,7 @@ def synthetic_data(num_images: int, image_px: int, *, seed: int = 0) -> Path:
 # ---------------------------------------------------------------- results
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Column:
     """A table column: the row key, its header and a format spec; '-' when missing."""
 
@@ -403,6 +403,12 @@ class Column:
         if isinstance(value, list):
             return " ".join(format(item, self.fmt) for item in value)
         return format(value, self.fmt)
+
+
+# Columns every timing child reports (time_calls, harness.time_training, write_child_result).
+CORES_BUSY = Column("cores_busy", "cores busy", ".2f")
+FIRST_CALL_S = Column("first_call_s", "first call s", ".1f")
+PEAK_RSS_MIB = Column("peak_rss_mib", "peak RSS MiB", ".0f")
 
 
 def goal(name: str, value: float | None, target: float, *, at_most: bool = False) -> dict:

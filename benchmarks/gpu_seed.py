@@ -179,7 +179,7 @@ def main(argv):
         common.Column("variant", "variant"),
         common.Column("images_per_sec", "images/s", ".1f"),
         common.Column("speedup", "vs float32", ".2f"),
-        common.Column("first_call_s", "first call s", ".1f"),
+        common.FIRST_CALL_S,
         common.Column("gpu_peak_gib", "GPU peak GiB", ".2f"),
         common.Column("tflops", "TFLOP/s", ".1f"),
         common.Column("peak_used", "peak used"),

@@ -152,10 +152,10 @@ def main(argv):
         common.Column("steps_per_sec", "steps/s (median)", ".3f"),
         common.Column("steps_per_sec_runs", "steps/s of each run", ".3f"),
         common.Column("images_per_sec", "images/s", ".1f"),
-        common.Column("cores_busy", "cores busy", ".2f"),
-        common.Column("first_call_s", "first call s", ".1f"),
+        common.CORES_BUSY,
+        common.FIRST_CALL_S,
         common.Column("loss", "last loss", ".4f"),
-        common.Column("peak_rss_mib", "peak RSS MiB", ".0f"),
+        common.PEAK_RSS_MIB,
     ]
     return common.finish(record, rows, columns, goals=goals, notes=notes)
 

@@ -209,9 +209,9 @@ _COLUMNS = [
     common.Column("cache_build_s", "cache build s", ".2f"),
     common.Column("timed_images", "timed images"),
     common.Column("images_per_sec", "images/s", ".1f"),
-    common.Column("cores_busy", "cores busy", ".2f"),
+    common.CORES_BUSY,
     common.Column("rss_start_mib", "RSS start MiB", ".0f"),
-    common.Column("peak_rss_mib", "peak RSS MiB", ".0f"),
+    common.PEAK_RSS_MIB,
 ]
 
 

@@ -104,12 +104,12 @@ def main(argv):
         common.Column("variant", "precision"),
         common.Column("images_per_sec", "images/s", ".2f"),
         common.Column("speedup", "vs float32", ".2f"),
-        common.Column("first_call_s", "first call s", ".1f"),
+        common.FIRST_CALL_S,
         common.Column("loss", "final loss", ".4f"),
         common.Column("finite_steps", "applied", "d"),
         common.Column("timed_steps", "timed steps", "d"),
         common.Column("init_checksum", "init", ".6g"),
-        common.Column("peak_rss_mib", "peak RSS MiB", ".0f"),
+        common.PEAK_RSS_MIB,
     ]
     return common.finish(record, rows, columns, goals=goals, notes=notes)
 

@@ -142,9 +142,9 @@ def main(argv):
         common.Column("images_per_sec", "images/s", ".1f"),
         common.Column("speedup", "speed-up", ".2f"),
         common.Column("efficiency", "efficiency", ".2f"),
-        common.Column("cores_busy", "cores busy", ".2f"),
-        common.Column("first_call_s", "first call s", ".1f"),
-        common.Column("peak_rss_mib", "peak RSS MiB", ".0f"),
+        common.CORES_BUSY,
+        common.FIRST_CALL_S,
+        common.PEAK_RSS_MIB,
     ]
     notes = [
         "efficiency = (images/s on N / images/s on 1) / N; batch norm is synchronised on N > 1"

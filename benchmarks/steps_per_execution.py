@@ -118,7 +118,7 @@ def main(argv):
         common.Column("steps_per_sec", "steps/s", ".3f"),
         common.Column("images_per_sec", "images/s", ".1f"),
         common.Column("speedup", f"vs {values[0]}", ".3f"),
-        common.Column("first_call_s", "first call s", ".1f"),
+        common.FIRST_CALL_S,
         common.Column("timed_steps", "timed steps", "d"),
     ]
     notes = ["all values run in one process, interleaved round by round, on one traced function"]
