@@ -1,8 +1,98 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures: the data set, the tiny run's settings, runners, one trained workdir.
 
+Tests call the library in-process; subprocesses are kept for command-line
+contracts (exit codes, one-line errors, stdout). The work directory that most
+tests read (`trained_workdir`) is trained once per session, in-process.
+"""
+
+import os
+import subprocess
+import sys
+
+import trainer  # noqa: F401  (Keras 2 before TensorFlow loads)
 from trainer.data import synthetic
 
 import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The demo config cut to what trains in seconds: 64 px, a narrow decoder, batch 4.
+TINY_OVERRIDES = {
+    "data.image_size": 64,
+    "data.batch_size": 4,
+    "model.decoder_filters": (32, 16, 16, 8, 8),
+    "train.warmup_steps": 0,
+    "train.eval_every": 2,
+    "train.log_every": 2,
+    "train.steps_per_execution": 2,
+}
+
+
+def _flag_value(value) -> str:
+    if isinstance(value, tuple):
+        return "(" + ",".join(str(v) for v in value) + ")"
+    return str(value)
+
+
+@pytest.fixture(scope="session")
+def tiny_args() -> list[str]:
+    """The tiny run as trainer.train flags (`--config=configs/demo_cpu.py` and overrides)."""
+    overrides = [f"--config.{k}={_flag_value(v)}" for k, v in TINY_OVERRIDES.items()]
+    return ["--config=configs/demo_cpu.py", *overrides]
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """`tiny_config(**overrides)`: a fresh demo config cut to the tiny run, for in-process runs.
+
+    Overrides use `group__field` keywords, e.g. `tiny_config(train__steps=4)`.
+    """
+    from configs import demo_cpu
+
+    def make(**overrides):
+        config = demo_cpu.get_config()
+        for key, value in {**TINY_OVERRIDES, **_dotted(overrides)}.items():
+            group, field = key.split(".")
+            config[group][field] = value
+        return config
+
+    return make
+
+
+def _dotted(overrides: dict) -> dict:
+    return {key.replace("__", "."): value for key, value in overrides.items()}
+
+
+@pytest.fixture(scope="session")
+def run_module():
+    """`run_module(module, *args, env=None)`: runs `python -m trainer.MODULE` to completion."""
+
+    def run(module, *args, env=None, timeout=600):
+        if env is None:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+        return subprocess.run(
+            [sys.executable, "-m", f"trainer.{module}", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def assert_one_error_line():
+    """`check(process, message, returncode=2)`: one `error:` line with `message`, no traceback."""
+
+    def check(process, message, returncode=2):
+        assert process.returncode == returncode, process.stderr[-3000:]
+        assert "Traceback" not in process.stderr
+        lines = [line for line in process.stderr.splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1 and message in lines[0], process.stderr[-3000:]
+
+    return check
 
 
 @pytest.fixture(scope="session")
@@ -14,3 +104,41 @@ def synthetic_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     synthetic.write_dataset(root, num_images=48, image_size=64, seed=0)
     return root
+
+
+def one_device():
+    """The CPU as a one-device strategy, as `--strategy=one_device` gives on a CPU machine."""
+    import tensorflow as tf
+
+    return tf.distribute.OneDeviceStrategy("/cpu:0")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, synthetic_root, tiny_config):
+    """The tiny run trained in-process: 4 steps, then resumed to 6 on the same workdir.
+
+    Returns `(workdir, first_results, resumed_results)`; shared by every test
+    that needs a trained work directory, so tests must not modify it.
+    """
+    from trainer import train
+
+    workdir = str(tmp_path_factory.mktemp("trained") / "workdir")
+    first = train.train_and_evaluate(
+        tiny_config(train__steps=4),
+        workdir=workdir,
+        data_root=str(synthetic_root),
+        strategy=one_device(),
+    )
+    resumed = train.train_and_evaluate(
+        tiny_config(train__steps=6),
+        workdir=workdir,
+        data_root=str(synthetic_root),
+        strategy=one_device(),
+    )
+    return workdir, first, resumed
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(trained_run) -> str:
+    """The work directory of `trained_run` (best weights, checkpoints, export, metrics)."""
+    return trained_run[0]

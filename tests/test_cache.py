@@ -4,12 +4,14 @@ import os
 import shutil
 
 import trainer  # noqa: F401
+from trainer import workdir
 from trainer.data import cache, pipeline
 from trainer.errors import UserError
 
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from configs import demo_cpu
@@ -60,9 +62,8 @@ def test_cached_batches_equal_decoded_ones(frame, tmp_path, training):
     config = _data_config()
     kwargs = {"training": training, "seed": 5} if training else {"training": False}
     decoded = _batches(pipeline.make_dataset(frame, config, **kwargs), 6)
-    cached = _batches(
-        pipeline.make_dataset(frame, config, **kwargs, cache_dir=str(tmp_path / "cache")), 6
-    )
+    cached_rows = cache.ensure_cached(frame, 32, str(tmp_path / "cache"), num_parallel_calls=2)
+    cached = _batches(pipeline.make_dataset(cached_rows, config, **kwargs), 6)
     assert len(cached) == len(decoded) > 1
     for cached_batch, decoded_batch in zip(cached, decoded, strict=True):
         for cached_part, decoded_part in zip(cached_batch, decoded_batch, strict=True):
@@ -70,16 +71,13 @@ def test_cached_batches_equal_decoded_ones(frame, tmp_path, training):
 
 
 def _cache_with_failures(frame, folder, size_px=32):
-    def load_fn(image_path, mask_path):
-        return pipeline.load_pair(image_path, mask_path, size_px)
-
-    return cache.ensure_cached(frame, size_px, str(folder), load_fn, num_parallel_calls=2)
+    return cache.ensure_cached(frame, size_px, str(folder), num_parallel_calls=2)
 
 
 def _cache(frame, folder, size_px=32):
-    paths, failed_rows = _cache_with_failures(frame, folder, size_px)
-    assert failed_rows == []
-    return paths
+    paths = _cache_with_failures(frame, folder, size_px)[cache.COLUMN]
+    assert "" not in set(paths)
+    return paths.to_numpy()
 
 
 def test_second_run_reuses_the_files_and_a_changed_photo_gets_a_new_one(frame, tmp_path):
@@ -118,17 +116,32 @@ def test_undecodable_pair_is_named_then_skipped_in_training_and_left_out_of_vali
     monkeypatch.setattr(cache.logging, "warning", lambda *args: warnings.append(args[0] % args[1:]))
     with open(frame["images"][2], "wb") as f:
         f.write(b"not an image")
-    paths, failed_rows = _cache_with_failures(frame, tmp_path / "cache")
-    assert failed_rows == [2] and not os.path.exists(paths[2])
+    cached = _cache_with_failures(frame, tmp_path / "cache")
+    paths = cached[cache.COLUMN].to_list()
+    assert [i for i, path in enumerate(paths) if not path] == [2]
+    assert len(os.listdir(tmp_path / "cache" / "32px")) == len(frame) - 1
     assert all(os.path.exists(p) for i, p in enumerate(paths) if i != 2)
     assert len(warnings) == 1 and frame["images"][2] in warnings[0], warnings
 
     config = _data_config(augment=False)
-    folder = str(tmp_path / "cache")
-    training = pipeline.make_dataset(frame, config, training=True, seed=0, cache_dir=folder)
+    training = pipeline.make_dataset(cached, config, training=True, seed=0)
     assert len(np.concatenate([batch[0].numpy() for batch in training.take(5)])) == 20
-    validation = pipeline.make_dataset(frame, config, training=False, cache_dir=folder)
+    validation = pipeline.make_dataset(cached, config, training=False)
     assert sum(len(batch[0]) for batch in validation) == len(frame) - 1
+
+
+def test_each_input_pipeline_caches_its_own_shard_and_reads_only_it(frame, tmp_path):
+    context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1)
+    cached = cache.ensure_cached(
+        frame, 32, str(tmp_path / "cache"), num_parallel_calls=2, shard=(1, 2)
+    )
+    assert cached[cache.COLUMN].isna().to_list() == [i % 2 == 0 for i in range(len(frame))]
+    assert len(os.listdir(tmp_path / "cache" / "32px")) == len(frame) // 2
+    batches = list(pipeline.make_dataset(cached, _data_config(), context, training=False))
+    assert sum(len(batch[0]) for batch in batches) == len(frame) // 2
+    other = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=0)
+    with pytest.raises(ValueError, match="another input pipeline's shard"):
+        pipeline.make_dataset(cached, _data_config(), other, training=False)
 
 
 def test_no_decodable_pair_at_all_is_one_line(frame, tmp_path):
@@ -163,8 +176,11 @@ def test_cache_dir_follows_the_config(tmp_path):
 
 def test_too_little_free_space_is_one_line_before_writing(frame, tmp_path, monkeypatch):
     usage = shutil.disk_usage(tmp_path)._replace(free=1000)
-    monkeypatch.setattr(cache.shutil, "disk_usage", lambda _: usage)
+    monkeypatch.setattr(workdir.shutil, "disk_usage", lambda _: usage)
     folder = tmp_path / "cache"
-    with pytest.raises(UserError, match=r"needs 0.00 GiB, only 0.00 GiB free; .*data.cache=none"):
+    message = (
+        r"32px: the data cache needs about 40 KiB and the disk has 1000 bytes free; .*cache=none"
+    )
+    with pytest.raises(UserError, match=message):
         _cache(frame, folder)
     assert os.listdir(folder / "32px") == []

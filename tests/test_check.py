@@ -4,7 +4,7 @@ import io
 import os
 from pathlib import Path
 
-from trainer.data import check, layout, pipeline
+from trainer.data import check, decode, layout
 
 import cv2
 import numpy as np
@@ -180,8 +180,8 @@ def test_drop_unusable_counts_pairs_and_unpaired_files(tmp_path):
         columns=["images", "masks", "group"],
     )
     unpaired = [
-        check.Problem(str(tmp_path / "lonely.png"), "no mask"),
-        check.Problem("x", "n", "note"),
+        layout.Problem(str(tmp_path / "lonely.png"), "no mask"),
+        layout.Problem("x", "n", "note"),
     ]
     usable, problems, num_skipped = check.drop_unusable(pairs, unpaired, max_workers=1)
     assert list(usable["masks"]) == [
@@ -216,13 +216,13 @@ def test_accepted_files_decode_with_the_trainers_decoders(tmp_path):
     usable, _, num_skipped = check.drop_unusable(pairs, [], max_workers=2)
     assert num_skipped == 0
     for image, mask in zip(usable["images"], usable["masks"]):
-        assert pipeline.decode_image(tf.constant(image)).shape == (_H, _W, 3)
-        assert pipeline.decode_mask(tf.constant(mask)).shape == (_H, _W, 1)
+        assert decode.decode_image(tf.constant(image)).shape == (_H, _W, 3)
+        assert decode.decode_mask(tf.constant(mask)).shape == (_H, _W, 1)
 
 
-@pytest.mark.parametrize("severity", check.SEVERITIES)
+@pytest.mark.parametrize("severity", layout.SEVERITIES)
 def test_problem_prints_severity_path_message(severity):
-    assert str(check.Problem("/d/a.png", "broken", severity)) == f"{severity}: /d/a.png: broken"
+    assert str(layout.Problem("/d/a.png", "broken", severity)) == f"{severity}: /d/a.png: broken"
 
 
 def test_a_16_bit_label_mask_that_reads_as_empty_is_an_error(tmp_path):

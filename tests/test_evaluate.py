@@ -1,64 +1,23 @@
 """trainer.evaluate: exact figures, the same on 1 and 2 devices, from a workdir or an export.
 
-`tiny_workdir` (a run of trainer.train cut to 2 steps, built once per session)
-is shared with test_predict.py and test_export.py.
+The work directory is conftest's `trained_workdir`, trained once per session.
 """
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.test_train import TINY
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_module(module, *args):
-    """Runs `python -m trainer.MODULE ARGS` and returns the finished process."""
-    return subprocess.run(
-        [sys.executable, "-m", f"trainer.{module}", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
-def assert_one_error_line(process, message, returncode=2):
-    """The process failed with `returncode`, one `error:` line holding `message`, no traceback."""
-    assert process.returncode == returncode, process.stderr[-3000:]
-    assert "Traceback" not in process.stderr
-    lines = [line for line in process.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and message in lines[0], process.stderr[-3000:]
-
-
-def tiny_workdir(tmp_path_factory, synthetic_root) -> str:
-    """A work directory trained 2 steps (best weights, checkpoints, export); built once."""
-    workdir = tmp_path_factory.getbasetemp() / "tiny_trained_workdir"
-    if not (workdir / "export" / "saved_model.pb").exists():
-        process = run_module(
-            "train",
-            *TINY,
-            "--config.train.steps=2",
-            f"--data_root={synthetic_root}",
-            f"--workdir={workdir}",
-        )
-        assert process.returncode == 0, process.stderr[-4000:]
-    return str(workdir)
+@pytest.fixture(scope="module")
+def workdir(trained_workdir):
+    return trained_workdir
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, synthetic_root):
-    return tiny_workdir(tmp_path_factory, synthetic_root)
-
-
-@pytest.fixture(scope="module")
-def mirrored_run(workdir, synthetic_root, tmp_path_factory):
+def mirrored_run(workdir, synthetic_root, tmp_path_factory, run_module):
     """The CLI on 2 logical CPU devices, 2 images per replica: 9 valid images pad to 12."""
     output_dir = tmp_path_factory.mktemp("eval_mirrored")
     process = run_module(
@@ -83,13 +42,13 @@ def valid_rows(synthetic_root):
 
 
 def _count_in_process(model_path, rows, global_batch_size):
-    from trainer import evaluate, serving
+    from trainer import evaluate, inference
 
     import tensorflow as tf
 
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     with strategy.scope():
-        trained = serving.load_trained_model(model_path)
+        trained = inference.load_trained_model(model_path)
     return evaluate.count_confusions(trained, rows, strategy, global_batch_size=global_batch_size)
 
 
@@ -119,13 +78,13 @@ def test_cli_writes_the_summary_and_per_image_table(mirrored_run, valid_rows):
 
 def test_every_pixel_is_counted_once(mirrored_run, valid_rows):
     """Padding (12 slots for 9 images) adds nothing: true areas are the masks' own counts."""
-    from trainer.data import pipeline
+    from trainer.data import decode
 
     _, summary, table = mirrored_run
     true_area = {}
     for image, mask in zip(valid_rows["images"], valid_rows["masks"]):
-        decoded = pipeline.decode_mask(mask)
-        _, resized = pipeline.resize_pair(pipeline.decode_image(image), decoded, 64)
+        decoded = decode.decode_mask(mask)
+        _, resized = decode.resize_pair(decode.decode_image(image), decoded, 64)
         true_area[image] = int(resized.numpy().sum())
     assert dict(zip(table["path"], table["true_area"])) == true_area
     assert summary["tp"] + summary["fn"] == sum(true_area.values())
@@ -134,7 +93,7 @@ def test_every_pixel_is_counted_once(mirrored_run, valid_rows):
 def test_one_device_matches_two_devices_and_the_training_evaluation(
     mirrored_run, workdir, valid_rows
 ):
-    from trainer import checkpoint, evaluate
+    from trainer import best, evaluate
 
     _, summary, table = mirrored_run
     # One device, 2 per batch (9 images: the last batch padded), as each replica above.
@@ -148,7 +107,7 @@ def test_one_device_matches_two_devices_and_the_training_evaluation(
     in_process = evaluate.per_image_table(valid_rows, counts)
     assert in_process["path"].tolist() == table["path"].tolist()
     # The same weights and images as the run's own last evaluation.
-    assert summary["iou"] == pytest.approx(checkpoint.read_best(workdir)["iou"], abs=1e-5)
+    assert summary["iou"] == pytest.approx(best.read_best(workdir)["iou"], abs=1e-5)
 
 
 def test_an_export_evaluates_like_its_workdir(workdir, valid_rows):
@@ -184,6 +143,8 @@ def test_summarize_hand_computed_counts():
     assert table[["predicted_area", "true_area"]].values.tolist() == [[8, 8], [0, 0]]
 
 
-def test_a_path_that_is_no_model_gets_one_error_line(tmp_path, synthetic_root):
+def test_a_path_that_is_no_model_gets_one_error_line(
+    tmp_path, synthetic_root, run_module, assert_one_error_line
+):
     process = run_module("evaluate", f"--model={tmp_path}", f"--data_root={synthetic_root}")
     assert_one_error_line(process, "is neither a work directory")

@@ -1,26 +1,24 @@
-"""SavedModel signatures (as TensorFlow Serving runs them) and TFLite export."""
+"""trainer.export: the command line, and TFLite files that agree with the SavedModel."""
 
 import os
 
 import numpy as np
 import pytest
 
-from tests.test_evaluate import assert_one_error_line, run_module, tiny_workdir
-
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, synthetic_root):
-    return tiny_workdir(tmp_path_factory, synthetic_root)
+def workdir(trained_workdir):
+    return trained_workdir
 
 
 @pytest.fixture(scope="module")
 def synthetic_images(synthetic_root):
     """Every synthetic photo at the model's 64 px, uint8 `[48, 64, 64, 3]`."""
-    from trainer.data import manifest, pipeline
+    from trainer.data import decode, manifest
 
     train, valid = manifest.read_manifests(synthetic_root)
     paths = [*train["images"], *valid["images"]]
-    return np.stack([pipeline.resize_image(pipeline.decode_image(p), 64).numpy() for p in paths])
+    return np.stack([decode.resize_image(decode.decode_image(p), 64).numpy() for p in paths])
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +50,7 @@ def mask_iou(a, b):
 
 @pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
 def test_tflite_float16_masks_agree_with_the_saved_model(
-    workdir, saved_model, synthetic_images, tmp_path
+    workdir, saved_model, synthetic_images, tmp_path, run_module
 ):
     output = tmp_path / "nails.tflite"
     process = run_module(
@@ -70,47 +68,11 @@ def test_tflite_float16_masks_agree_with_the_saved_model(
     assert os.path.getsize(output) < 2.5 * num_weights  # float16: 2 bytes a weight
 
 
-def test_serve_images_keeps_any_size_and_matches_the_network(workdir, saved_model):
-    from trainer import serving
-
-    import tensorflow as tf
-
-    images = np.random.default_rng(0).integers(0, 256, [2, 37, 53, 3], dtype=np.uint8)
-    served = saved_model.signatures["serve_images"](images=images)["probabilities"].numpy()
-    assert served.shape == (2, 37, 53, 1) and 0 <= served.min() and served.max() <= 1
-
-    network = serving.load_trained_model(workdir).keras_model
-    at_size = images[:, :32, :32].repeat(2, axis=1).repeat(2, axis=2)  # 64 px: no resizing
-    expected = network(tf.constant(at_size, tf.float32) / 255.0, training=False).numpy()
-    served = saved_model.signatures["serve_images"](images=at_size)["probabilities"].numpy()
-    np.testing.assert_allclose(served, expected, atol=1e-5)
-
-
-def test_serving_default_runs_as_tensorflow_serving_runs_it(workdir):
-    """Loaded as graph + variables by tag and signature name, as the model server does."""
-    from trainer import serving
-
-    import tensorflow as tf
-
-    photo = np.random.default_rng(1).integers(0, 256, [30, 45, 3], dtype=np.uint8)
-    encoded = [tf.io.encode_png(photo).numpy(), tf.io.encode_jpeg(photo).numpy()]
-    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
-        meta_graph = tf.compat.v1.saved_model.load(
-            session, ["serve"], os.path.join(workdir, "export")
-        )
-        signature = meta_graph.signature_def[serving.DEFAULT_SIGNATURE]
-        fetches = {name: info.name for name, info in signature.outputs.items()}
-        outputs = session.run(fetches, {signature.inputs["image_bytes"].name: encoded})
-    assert outputs["probabilities"].shape == (2, 30, 45, 1)
-    assert outputs["height"].tolist() == [30, 30] and outputs["width"].tolist() == [45, 45]
-    assert serving.IMAGES_SIGNATURE in meta_graph.signature_def
-
-
 def test_int8_without_a_data_root_says_so(tmp_path):
-    from trainer import export, serving
+    from trainer import export, inference
     from trainer.errors import UserError
 
-    trained = serving.TrainedModel(
+    trained = inference.TrainedModel(
         predict=None,
         image_size=64,
         path=str(tmp_path),
@@ -135,9 +97,9 @@ def test_calibration_images_spread_over_the_manifest(synthetic_root):
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
 def test_tflite_int8_converts_and_roughly_agrees(workdir, saved_model, synthetic_images, tmp_path):
-    from trainer import export, serving
+    from trainer import export, inference
 
-    network = serving.load_trained_model(workdir).keras_model
+    network = inference.load_trained_model(workdir).keras_model
     calibration = synthetic_images[::6].astype(np.float32) / 255.0
     path = tmp_path / "int8.tflite"
     path.write_bytes(export.tflite_bytes(network, quantize="int8", calibration=calibration))
@@ -147,6 +109,8 @@ def test_tflite_int8_converts_and_roughly_agrees(workdir, saved_model, synthetic
     assert agreement >= 0.85
 
 
-def test_an_export_given_as_the_workdir_gets_one_error_line(workdir):
+def test_an_export_given_as_the_workdir_gets_one_error_line(
+    workdir, run_module, assert_one_error_line
+):
     process = run_module("export", f"--model={workdir}/export", "--format=tflite")
     assert_one_error_line(process, "is an export already")

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from launch import cluster_commands, multi_worker_local
-from tests.test_train import REPO, TINY
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch")
 # A stand-in for trainer.train: worker 1 fails at once, the others would wait.
 FAILING_WORKER = """
@@ -111,7 +111,7 @@ def test_launcher_command_line_needs_trainer_flags():
         multi_worker_local.main(["--num_workers=2"])
 
 
-def _multi_worker_run(synthetic_root, workdir, worker_tmp, steps):
+def _multi_worker_run(tiny_args, synthetic_root, workdir, worker_tmp, steps):
     """Runs the launcher's command line with 2 CPU workers; returns what the test checks."""
     worker_tmp.mkdir(exist_ok=True)
     # Workers' temporary files go to TMPDIR; a private one shows what they leave behind.
@@ -125,7 +125,7 @@ def _multi_worker_run(synthetic_root, workdir, worker_tmp, steps):
             "--num_workers=2",
             "--timeout_s=500",
             "--",
-            *TINY,
+            *tiny_args,
             f"--config.train.steps={steps}",
             "--num_cpu_devices=1",
             f"--data_root={synthetic_root}",
@@ -152,11 +152,15 @@ def _multi_worker_run(synthetic_root, workdir, worker_tmp, steps):
 
 
 @pytest.fixture(scope="module")
-def multi_worker_runs(synthetic_root, tmp_path_factory):
+def multi_worker_runs(tiny_args, synthetic_root, tmp_path_factory):
     """Two workers train 2 steps, then resume to 4 on the same work directory."""
     tmp_path = tmp_path_factory.mktemp("multi_worker")
     run = functools.partial(
-        _multi_worker_run, synthetic_root, tmp_path / "workdir", tmp_path / "worker_tmp"
+        _multi_worker_run,
+        tiny_args,
+        synthetic_root,
+        tmp_path / "workdir",
+        tmp_path / "worker_tmp",
     )
     first = run(steps=2)
     second = run(steps=4) if first["returncode"] == 0 else None
@@ -201,7 +205,7 @@ def test_two_local_workers_resume_from_the_chiefs_checkpoint(multi_worker_runs):
 
 @pytest.mark.slow
 def test_sigterm_to_one_worker_stops_all_at_the_same_step_with_a_checkpoint(
-    synthetic_root, tmp_path
+    tiny_args, synthetic_root, tmp_path
 ):
     """A preempted VM or evicted pod signals one worker; the others must not hang."""
     workdir = tmp_path / "workdir"
@@ -209,7 +213,7 @@ def test_sigterm_to_one_worker_stops_all_at_the_same_step_with_a_checkpoint(
         [f"127.0.0.1:{port}" for port in multi_worker_local.free_ports(2)]
     )
     args = [
-        *TINY,
+        *tiny_args,
         "--config.train.steps=400",
         "--config.train.eval_every=100",
         "--num_cpu_devices=1",

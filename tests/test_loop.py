@@ -2,6 +2,7 @@
 
 import trainer  # noqa: F401
 from trainer import loop
+from trainer import plan as plan_lib
 
 import numpy as np
 import pytest
@@ -18,13 +19,12 @@ def _make(precision):
     config.train.warmup_steps = 0
     config.model.decoder_filters = (32, 16, 16, 8, 8)
     config.data.image_size = SIZE_PX
+    config.data.batch_size = 2
+    config.train.steps = 10
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    try:
-        model, optimizer, step = loop.build_training(config, strategy, total_steps=10)
-    finally:
-        tf.keras.mixed_precision.set_global_policy("float32")
-    train_fn = loop.make_train_fn(model, optimizer, step, strategy, global_batch_size=2)
-    return model, optimizer, step, train_fn, strategy
+    trainee = loop.build_trainee(config, strategy, plan_lib.run_plan(config, 20, 1))
+    assert tf.keras.mixed_precision.global_policy().name == "float32"  # the policy is restored
+    return trainee.model, trainee.optimizer, trainee.step, trainee.train_fn, strategy
 
 
 def _batches(strategy, images):

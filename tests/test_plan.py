@@ -35,11 +35,14 @@ def test_calls_stop_at_every_event_and_the_end():
     assert plan_lib.is_due(23, 10, 23) and not plan_lib.is_due(21, 10, 23)
 
 
-def test_tpu_gets_bfloat16_and_several_steps_per_execution():
+def test_tpu_gets_bfloat16_and_several_steps_per_execution_in_the_plan():
     config = nail_unet_effb4.get_config()
-    plan_lib.adapt_to_tpu(config)
-    assert config.train.precision == "mixed_bfloat16"
-    assert config.train.steps_per_execution == plan_lib.TPU_STEPS_PER_EXECUTION
+    plan = plan_lib.run_plan(config, num_train=320, num_replicas=8, on_tpu=True)
+    assert plan["precision"] == "mixed_bfloat16"
+    assert plan["steps_per_execution"] == plan_lib.TPU_STEPS_PER_EXECUTION
+    assert config.train.precision == "mixed_float16"  # the config keeps what the user chose
     config.train.precision, config.train.steps_per_execution = "float32", 8
-    plan_lib.adapt_to_tpu(config)  # explicit choices stay
-    assert (config.train.precision, config.train.steps_per_execution) == ("float32", 8)
+    plan = plan_lib.run_plan(config, num_train=320, num_replicas=8, on_tpu=True)
+    assert (plan["precision"], plan["steps_per_execution"]) == ("float32", 8)  # explicit stay
+    plan = plan_lib.run_plan(nail_unet_effb4.get_config(), num_train=320, num_replicas=8)
+    assert (plan["precision"], plan["steps_per_execution"]) == ("mixed_float16", 1)

@@ -6,15 +6,13 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.test_evaluate import assert_one_error_line, run_module, tiny_workdir
-
 # name -> (height, width) of the photos written from a synthetic one; None: not an image.
 PHOTOS = {"same.png": (64, 64), "large.jpg": (100, 150), "small.png": (50, 40)}
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, synthetic_root):
-    return tiny_workdir(tmp_path_factory, synthetic_root)
+def workdir(trained_workdir):
+    return trained_workdir
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +29,14 @@ def photo_dir(tmp_path_factory, synthetic_root):
 
 @pytest.fixture(scope="module")
 def trained(workdir):
-    from trainer import serving
+    from trainer import inference
 
-    return serving.load_trained_model(workdir)
+    return inference.load_trained_model(workdir)
 
 
-def test_cli_writes_masks_and_overlays_at_the_original_size(workdir, photo_dir, tmp_path):
+def test_cli_writes_masks_and_overlays_at_the_original_size(
+    workdir, photo_dir, tmp_path, run_module
+):
     output = tmp_path / "out"
     process = run_module(
         "predict",
@@ -110,7 +110,9 @@ def test_output_names_stay_distinct():
     assert predict.output_names(paths) == ["x_png", "x_jpg", "x_png_2", "y"]
 
 
-def test_a_glob_matching_nothing_gets_one_error_line(workdir, tmp_path):
+def test_a_glob_matching_nothing_gets_one_error_line(
+    workdir, tmp_path, run_module, assert_one_error_line
+):
     process = run_module(
         "predict", f"--model={workdir}", f"--input={tmp_path}/*.jpg", f"--output={tmp_path}/o"
     )

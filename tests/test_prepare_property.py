@@ -14,8 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from trainer.data import decode, manifest
 from trainer.data import layout as layout_lib
-from trainer.data import manifest, pipeline
 from trainer.errors import UserError
 
 import numpy as np
@@ -183,8 +183,8 @@ def _expected(layout: str, files: dict) -> pd.DataFrame:
     rows = []
     for entry, (image, mask) in files.items():
         usable = (
-            _reads(pipeline.decode_image, image)
-            and _reads(pipeline.decode_mask, mask)
+            _reads(decode.decode_image, image)
+            and _reads(decode.decode_mask, mask)
             and entry.mask_kind != "squashed"
         )
         if usable:
@@ -211,8 +211,8 @@ def _assert_real_pair(root: Path, image: str, mask: str) -> None:
     assert (image_rel[side].lower(), mask_rel[side].lower()) == ("images", "masks")
     assert image_rel[side + 1 : -1] == mask_rel[side + 1 : -1]  # same group folder
     assert mask_path.stem in (image_path.stem, image_path.stem + layout_lib.MASK_SUFFIX)
-    assert pipeline.decode_image(tf.constant(image)).shape[-1] == 3
-    assert pipeline.decode_mask(tf.constant(mask)).shape[-1] == 1
+    assert decode.decode_image(tf.constant(image)).shape[-1] == 3
+    assert decode.decode_mask(tf.constant(mask)).shape[-1] == 1
 
 
 def _pairs(frame: pd.DataFrame) -> set[tuple[str, str, str]]:

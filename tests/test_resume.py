@@ -1,6 +1,7 @@
 """Nothing lost: kill -9, SIGTERM, damaged checkpoints, a foreign workdir, divergence."""
 
 import glob
+import json
 import os
 import shutil
 import signal
@@ -8,10 +9,31 @@ import subprocess
 import sys
 import time
 
+from trainer import train
+from trainer.errors import UserError
+
 import numpy as np
 import pytest
 
-from tests.test_train import REPO, TINY, read_records, run_trainer
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_trainer(*args):
+    """Runs `python -m trainer.train ARGS` to success; returns the finished process."""
+    process = subprocess.run(
+        [sys.executable, "-m", "trainer.train", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert process.returncode == 0, process.stderr[-4000:]
+    return process
+
+
+def read_records(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
 
 
 def _start_trainer(*args):
@@ -47,8 +69,10 @@ def _final_weights(workdir):
 
 
 @pytest.mark.slow
-def test_kill_9_after_the_second_checkpoint_resumes_to_the_same_weights(synthetic_root, tmp_path):
-    args = [*TINY, f"--data_root={synthetic_root}", "--config.train.steps=8"]
+def test_kill_9_after_the_second_checkpoint_resumes_to_the_same_weights(
+    tiny_args, synthetic_root, tmp_path
+):
+    args = [*tiny_args, f"--data_root={synthetic_root}", "--config.train.steps=8"]
     args += ["--config.train.checkpoint_every=2", "--config.train.eval_every=4"]
     reference = str(tmp_path / "reference")
     run_trainer(*args, f"--workdir={reference}")
@@ -73,9 +97,9 @@ def test_kill_9_after_the_second_checkpoint_resumes_to_the_same_weights(syntheti
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_the_next_start_resumes(synthetic_root, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_the_next_start_resumes(tiny_args, synthetic_root, tmp_path):
     workdir = str(tmp_path / "w")
-    args = [*TINY, f"--data_root={synthetic_root}", f"--workdir={workdir}"]
+    args = [*tiny_args, f"--data_root={synthetic_root}", f"--workdir={workdir}"]
     args += ["--config.train.steps=1000", "--config.train.steps_per_execution=1"]
     process = _start_trainer(*args)
     _wait_for(os.path.join(workdir, "checkpoints", "ckpt-*.index"), process)
@@ -90,59 +114,58 @@ def test_sigterm_saves_a_checkpoint_and_the_next_start_resumes(synthetic_root, t
     assert f"Resumed from checkpoint at step {stopped_at}" in resumed.stderr
 
 
-@pytest.fixture(scope="module")
-def finished_run(synthetic_root, tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("finished") / "w")
-    args = [*TINY, f"--data_root={synthetic_root}", f"--workdir={workdir}"]
-    run_trainer(*args, "--config.train.steps=4", "--config.train.checkpoint_every=2")
-    return workdir, args
+def _train(config, workdir, synthetic_root, **kwargs):
+    import tensorflow as tf
+
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    return train.train_and_evaluate(
+        config, workdir=workdir, data_root=str(synthetic_root), strategy=strategy, **kwargs
+    )
 
 
-def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(finished_run, tmp_path):
-    source, args = finished_run
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
+    trained_workdir, tiny_config, synthetic_root, tmp_path, caplog
+):
     workdir = str(tmp_path / "w")
-    shutil.copytree(source, workdir)
+    shutil.copytree(trained_workdir, workdir)  # checkpoints at steps 2, 4 and 6
     checkpoints = os.path.join(workdir, "checkpoints")
     for name in os.listdir(checkpoints):  # a crash mid-save or a damaged disk
-        if name.startswith("ckpt-4.data"):
+        if name.startswith("ckpt-6.data"):
             with open(os.path.join(checkpoints, name), "r+b") as f:
                 f.truncate(100)
-    with open(os.path.join(checkpoints, "ckpt-6.data-00000-of-00001"), "wb") as f:
+    with open(os.path.join(checkpoints, "ckpt-8.data-00000-of-00001"), "wb") as f:
         f.write(b"half a checkpoint, never indexed")  # killed before its index was written
 
-    resumed = run_trainer(*args[:-1], f"--workdir={workdir}", "--config.train.steps=6")
-    assert "Resumed from checkpoint at step 2" in resumed.stderr
-    assert "Cannot restore" in resumed.stderr
+    caplog.set_level("INFO", logger="absl")
+    resumed = _train(tiny_config(train__steps=8), workdir, synthetic_root)
+    assert "Resumed from checkpoint at step 4" in caplog.text
+    assert "Cannot restore" in caplog.text
+    assert resumed["step"] == 8
 
 
-def test_workdir_of_another_model_is_refused_unless_overwrite(finished_run, tmp_path):
-    source, args = finished_run
+def test_workdir_of_another_model_is_refused_unless_overwrite(
+    trained_workdir, tiny_config, synthetic_root, tmp_path, caplog
+):
     workdir = str(tmp_path / "w")
-    shutil.copytree(source, workdir)
-    other = [*args[:-1], f"--workdir={workdir}", "--config.model.backbone=mobilenetv2"]
+    shutil.copytree(trained_workdir, workdir)
+    other = tiny_config(train__steps=2, model__backbone="mobilenetv2")
 
-    refused = run_trainer(*other, "--config.train.steps=2", check=False)
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert "holds a run with model.backbone='resnet18'" in refused.stderr
-    assert len(read_records(workdir)) == len(read_records(source))  # nothing touched
+    with pytest.raises(UserError, match="holds a run with model.backbone='resnet18'"):
+        _train(other, workdir, synthetic_root)
+    assert len(read_records(workdir)) == len(read_records(trained_workdir))  # nothing touched
 
-    fresh = run_trainer(*other, "--config.train.steps=2", "--overwrite")
-    assert "Resumed from checkpoint" not in fresh.stderr
+    caplog.set_level("INFO", logger="absl")
+    _train(other, workdir, synthetic_root, overwrite=True)
+    assert "Resumed from checkpoint" not in caplog.text
     assert [r["step"] for r in read_records(workdir)] == [2, 2]
 
 
-def test_diverging_float32_run_stops_keeping_the_good_checkpoint(synthetic_root, tmp_path):
-    workdir = str(tmp_path / "w")
-    process = run_trainer(
-        *TINY,
-        f"--data_root={synthetic_root}",
-        f"--workdir={workdir}",
-        "--config.train.steps=40",
-        "--config.train.learning_rate=1e30",
-        "--config.train.max_bad_steps=4",
-        check=False,
-    )
-    assert process.returncode == 2, process.stderr[-3000:]
-    assert "Traceback" not in process.stderr
-    error = [line for line in process.stderr.splitlines() if line.startswith("error: ")]
-    assert len(error) == 1 and "training diverged" in error[0], process.stderr[-3000:]
+def test_diverging_float32_run_stops_keeping_the_good_checkpoint(
+    tiny_config, synthetic_root, tmp_path
+):
+    config = tiny_config(train__steps=40, train__learning_rate=1e30, train__max_bad_steps=4)
+    with pytest.raises(UserError, match="training diverged") as raised:
+        _train(config, str(tmp_path / "w"), synthetic_root)
+    assert "\n" not in str(raised.value)
+    # Cleanup ran although the run ended in an error: the stop handler is gone.
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

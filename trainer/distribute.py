@@ -134,6 +134,35 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
     return max(1, len(cluster.get("worker", ())) + len(cluster.get("chief", ())))
 
 
+def input_shard(strategy: tf.distribute.Strategy) -> tuple[int, int]:
+    """`(input_pipeline_id, num_input_pipelines)` of this process's input pipeline.
+
+    The numbering `distribute_datasets_from_function` gives the pipelines: one
+    per worker under multi-worker (the chief first), one otherwise (a TPU
+    strategy drives all its hosts from this one process). Lets work for this
+    pipeline's shard (the data cache) be done before the datasets are made.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 0, 1
+    resolver = strategy.cluster_resolver
+    num_chiefs = len(resolver.cluster_spec().as_dict().get("chief", ()))
+    pipeline_id = 0 if resolver.task_type == "chief" else resolver.task_id + num_chiefs
+    return pipeline_id, num_workers(strategy)
+
+
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
+    """The `--strategy` name of a strategy object (its class name when it has none)."""
+    for name, kind in (
+        ("multi_worker_mirrored", tf.distribute.MultiWorkerMirroredStrategy),
+        ("tpu", tf.distribute.TPUStrategy),
+        ("mirrored", tf.distribute.MirroredStrategy),
+        ("one_device", tf.distribute.OneDeviceStrategy),
+    ):
+        if isinstance(strategy, kind):
+            return name
+    return type(strategy).__name__
+
+
 def make_any_worker_fn(strategy: tf.distribute.Strategy):
     """A function `flag -> bool`: True when `flag` is True on any worker.
 

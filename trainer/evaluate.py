@@ -24,9 +24,10 @@ sizes aside, whose float rounding in the network may flip a rare pixel).
 
 import os
 
-from trainer import checkpoint, distribute, metrics, serving
+from trainer import cli, distribute, inference, metrics
+from trainer import workdir as workdir_lib
 from trainer.data import manifest, pipeline
-from trainer.errors import UserError, exit_on_user_error
+from trainer.errors import UserError
 
 import ml_collections
 import numpy as np
@@ -52,10 +53,7 @@ def define_flags() -> None:
     flags.DEFINE_string("data_root", None, "Data set folder; its manifests choose the images.")
     flags.DEFINE_string("output_dir", None, "Where to write; default WORKDIR/eval or EXPORT_eval.")
     flags.DEFINE_enum("split", "valid", SPLITS, "Which manifest's images to evaluate.")
-    flags.DEFINE_enum(
-        "strategy", "one_device", ("one_device", "mirrored"), "tf.distribute strategy."
-    )
-    flags.DEFINE_integer("num_cpu_devices", 1, "Split the host CPU into N logical devices.")
+    cli.define_distribution_flags(("one_device", "mirrored"))
     flags.DEFINE_integer(
         "batch_size", 0, f"Global batch size; 0 = {DEFAULT_PER_REPLICA_BATCH_SIZE} per replica."
     )
@@ -70,7 +68,7 @@ def select_rows(data_root: str, split: str, *, fallback_dir: str | None) -> pd.D
 
 
 def count_confusions(
-    trained: serving.TrainedModel,
+    trained: inference.TrainedModel,
     rows: pd.DataFrame,
     strategy: tf.distribute.Strategy,
     *,
@@ -184,19 +182,19 @@ def _natural(name: str):
     return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
 
-def default_output_dir(trained: serving.TrainedModel) -> str:
+def default_output_dir(trained: inference.TrainedModel) -> str:
     """WORKDIR/eval for a work directory, EXPORT_eval beside an export."""
-    if trained.kind == "workdir":
-        return os.path.join(trained.path, "eval")
+    if trained.kind == inference.WORKDIR:
+        return os.path.join(trained.path, workdir_lib.EVAL_DIR)
     return os.path.normpath(trained.path) + "_eval"
 
 
 def write_results(output_dir: str, summary: dict, table: pd.DataFrame) -> None:
     """Writes summary.json and per_image.csv (each replaced atomically)."""
-    checkpoint.write_json_atomically(os.path.join(output_dir, "summary.json"), summary)
-    partial = os.path.join(output_dir, f".per_image.csv.{os.getpid()}.tmp")
-    table.to_csv(partial, index=False, float_format="%.6f")
-    os.replace(partial, os.path.join(output_dir, "per_image.csv"))
+    workdir_lib.write_json(os.path.join(output_dir, "summary.json"), summary)
+    workdir_lib.write_text(
+        os.path.join(output_dir, "per_image.csv"), table.to_csv(index=False, float_format="%.6f")
+    )
 
 
 def _global_batch_size(requested: int, num_replicas: int) -> int:
@@ -210,7 +208,6 @@ def _global_batch_size(requested: int, num_replicas: int) -> int:
     return requested
 
 
-@exit_on_user_error
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -218,12 +215,13 @@ def main(argv):
     strategy = distribute.make_strategy(FLAGS.strategy)
     distribute.describe(strategy)
     global_batch_size = _global_batch_size(FLAGS.batch_size, strategy.num_replicas_in_sync)
-    serving.model_kind(FLAGS.model)  # a wrong path fails before any slow work
+    inference.model_kind(FLAGS.model)  # a wrong path fails before any slow work
     with strategy.scope():
-        trained = serving.load_trained_model(FLAGS.model)
+        trained = inference.load_trained_model(FLAGS.model)
     output_dir = FLAGS.output_dir or default_output_dir(trained)
-    os.makedirs(output_dir, exist_ok=True)
-    fallback_dir = trained.path if trained.kind == "workdir" else output_dir
+    with workdir_lib.writing(output_dir, what="the evaluation results"):
+        tf.io.gfile.makedirs(output_dir)
+    fallback_dir = trained.path if trained.kind == inference.WORKDIR else output_dir
     rows = select_rows(FLAGS.data_root, FLAGS.split, fallback_dir=fallback_dir)
     logging.info("Evaluating %s on %d %s images", trained.path, len(rows), FLAGS.split)
 
@@ -252,4 +250,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -20,9 +20,10 @@ tflite       the network alone at its fixed input size, for on-device apps:
 
 import os
 
-from trainer import serving
-from trainer.data import manifest, pipeline
-from trainer.errors import UserError, exit_on_user_error
+from trainer import cli, inference, serving
+from trainer import workdir as workdir_lib
+from trainer.data import decode, manifest
+from trainer.errors import UserError
 
 import numpy as np
 import pandas as pd
@@ -52,11 +53,14 @@ def define_flags() -> None:
 def default_output(workdir: str, output_format: str, quantize: str | None) -> str:
     """WORKDIR/export, or WORKDIR/model[_QUANTIZE].tflite."""
     if output_format == "saved_model":
-        return os.path.join(workdir, "export")
-    return os.path.join(workdir, f"model_{quantize}.tflite" if quantize else "model.tflite")
+        return os.path.join(workdir, workdir_lib.EXPORT_DIR)
+    if not quantize:
+        return os.path.join(workdir, workdir_lib.TFLITE_FILE)
+    stem, extension = os.path.splitext(workdir_lib.TFLITE_FILE)
+    return os.path.join(workdir, f"{stem}_{quantize}{extension}")
 
 
-def calibration_rows(trained: serving.TrainedModel, data_root: str | None) -> pd.DataFrame:
+def calibration_rows(trained: inference.TrainedModel, data_root: str | None) -> pd.DataFrame:
     """The training manifest of `data_root`, else of the data root the run was trained on.
 
     Raises:
@@ -67,8 +71,8 @@ def calibration_rows(trained: serving.TrainedModel, data_root: str | None) -> pd
         if not data_root or not os.path.isdir(data_root):
             raise UserError(
                 "--quantize=int8 calibrates on sample images, but the data root recorded in "
-                f"{os.path.join(trained.path, 'config.json')} ({data_root}) is not a folder "
-                "here; pass --data_root=DIR"
+                f"{os.path.join(trained.path, workdir_lib.CONFIG_FILE)} ({data_root}) is not a "
+                "folder here; pass --data_root=DIR"
             )
     train, _ = manifest.read_manifests(data_root, fallback_dir=trained.path)
     return train
@@ -78,8 +82,7 @@ def calibration_images(rows: pd.DataFrame, size_px: int, count: int) -> np.ndarr
     """float32 `[n, size_px, size_px, 3]` in 0..1: up to `count` rows spread over the manifest."""
     chosen = np.unique(np.linspace(0, len(rows) - 1, num=min(count, len(rows))).round().astype(int))
     images = [
-        pipeline.resize_image(pipeline.decode_image(rows["images"].iloc[i]), size_px)
-        for i in chosen
+        decode.resize_image(decode.decode_image(rows["images"].iloc[i]), size_px) for i in chosen
     ]
     return np.stack([image.numpy() for image in images]).astype(np.float32) / 255.0
 
@@ -116,27 +119,17 @@ def tflite_bytes(
     return converter.convert()
 
 
-def write_atomically(path: str, payload: bytes) -> None:
-    """Writes bytes to `path` through a temporary file, so no reader sees half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    partial = f"{path}.{os.getpid()}.tmp"
-    with open(partial, "wb") as f:
-        f.write(payload)
-    os.replace(partial, path)
-
-
-@exit_on_user_error
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if serving.model_kind(FLAGS.model) != "workdir":
+    if inference.model_kind(FLAGS.model) != inference.WORKDIR:
         raise UserError(
             f"--model={FLAGS.model} is an export already; give the work directory it came "
             "from (the one holding config.json)"
         )
     if FLAGS.quantize and FLAGS.format != "tflite":
         raise UserError(f"--quantize={FLAGS.quantize} applies to --format=tflite only")
-    trained = serving.load_trained_model(FLAGS.model)
+    trained = inference.load_trained_model(FLAGS.model)
     output = FLAGS.output or default_output(trained.path, FLAGS.format, FLAGS.quantize)
 
     if FLAGS.format == "saved_model":
@@ -150,10 +143,10 @@ def main(argv):
         payload = tflite_bytes(
             trained.keras_model, quantize=FLAGS.quantize, calibration=calibration
         )
-        write_atomically(output, payload)
+        workdir_lib.write_bytes(output, payload)
     print(f"wrote {output}", flush=True)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

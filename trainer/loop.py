@@ -7,6 +7,8 @@ apply (the optimizer all-reduces; a loss-scale optimizer skips non-finite
 steps), and exact confusion sums for the metrics.
 """
 
+import dataclasses
+
 from trainer import losses, metrics, optim
 from trainer import model as model_lib
 
@@ -26,29 +28,71 @@ def create_step_counter() -> tf.Variable:
     )
 
 
-def build_training(config, strategy: tf.distribute.Strategy, *, total_steps: int):
-    """Builds the network, its optimizer and the step counter under the strategy's scope.
+@dataclasses.dataclass
+class Trainee:
+    """What a run trains: the network, its optimizer, the step counter and the step functions.
 
-    Seeds Keras from `train.seed` (the same seed gives the same initial weights)
-    and sets the global mixed-precision policy from `train.precision`, both
-    before the model exists. The optimizer's slots are built at once, so that a
-    checkpoint restores into them immediately.
+    Attributes:
+        model: the Keras network, built under the strategy's scope.
+        optimizer: a `LossScaleOptimizer` (see `optim.create_optimizer`).
+        step: the global step counter.
+        train_fn: `train_fn(iterator, num_steps) -> dict` (see `make_train_fn`).
+        eval_fn: `eval_fn(distributed_batch) -> list` (see `make_eval_fn`).
+        strategy: the strategy the variables live on.
+        global_batch_size: examples per step over all replicas.
+    """
 
-    Returns:
-        `(model, optimizer, step)`.
+    model: tf.keras.Model
+    optimizer: tf.keras.optimizers.Optimizer
+    step: tf.Variable
+    train_fn: object
+    eval_fn: object
+    strategy: tf.distribute.Strategy
+    global_batch_size: int
+
+
+def build_trainee(config, strategy: tf.distribute.Strategy, plan: dict) -> Trainee:
+    """Builds the network, its optimizer, the step counter and the step functions.
+
+    The one builder of train, the benchmarks and the tests. Seeds Keras from
+    `train.seed` (the same seed gives the same initial weights) and builds the
+    model under the plan's precision policy, which is restored afterwards: the
+    layers keep the policy they were built with. The optimizer's slots are
+    built at once, so that a checkpoint restores into them immediately.
+
+    Args:
+        config: the run's config.
+        strategy: the distribution strategy.
+        plan: `plan.run_plan(...)`: reads `total_steps`, `precision` and
+            `global_batch_size`.
     """
     tf.keras.utils.set_random_seed(config.train.seed)
-    tf.keras.mixed_precision.set_global_policy(config.train.precision)
-    with strategy.scope():
-        model = model_lib.build_model(
-            config.model,
-            image_size=config.data.image_size,
-            num_replicas=strategy.num_replicas_in_sync,
-        )
-        optimizer = optim.create_optimizer(config.train, total_steps)
-        optimizer.build(model.trainable_variables)
-        step = create_step_counter()
-    return model, optimizer, step
+    previous_policy = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy(plan["precision"])
+    try:
+        with strategy.scope():
+            model = model_lib.build_model(
+                config.model,
+                image_size=config.data.image_size,
+                num_replicas=strategy.num_replicas_in_sync,
+            )
+            optimizer = optim.create_optimizer(
+                config.train, plan["total_steps"], precision=plan["precision"]
+            )
+            optimizer.build(model.trainable_variables)
+            step = create_step_counter()
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous_policy)
+    train_fn = make_train_fn(
+        model,
+        optimizer,
+        step,
+        strategy,
+        global_batch_size=plan["global_batch_size"],
+        jit_compile=config.train.jit_compile,
+    )
+    eval_fn = make_eval_fn(model, strategy)
+    return Trainee(model, optimizer, step, train_fn, eval_fn, strategy, plan["global_batch_size"])
 
 
 def make_train_fn(

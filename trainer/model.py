@@ -1,12 +1,13 @@
 """Builds the segmentation network from the config's `model` group.
 
 segmentation_models provides the architectures and backbones; this module
-checks the choice, loads encoder weights (ImageNet download or a local file),
-makes the last activation float32 (mixed precision) and, for more than one
-replica, rebuilds batch norm as synchronised batch norm.
+loads encoder weights (ImageNet download or a local file), makes the last
+activation float32 (mixed precision) and, for more than one replica, rebuilds
+batch norm as synchronised batch norm. The config's choices are checked
+before, by `trainer.config_check`, from the names defined here.
 """
 
-import os
+import re
 
 from trainer.errors import UserError
 
@@ -16,40 +17,15 @@ import tensorflow as tf
 from absl import logging
 
 ARCHITECTURES = {"unet": sm.Unet, "fpn": sm.FPN, "linknet": sm.Linknet, "pspnet": sm.PSPNet}
+BACKBONES = tuple(sm.Backbones.models_names())
 # Input side must be a multiple of this: five /2 stages, PSPNet pools to 6x6 at /8.
-_SIZE_MULTIPLE = {"unet": 32, "fpn": 32, "linknet": 32, "pspnet": 48}
+SIZE_MULTIPLE = {"unet": 32, "fpn": 32, "linknet": 32, "pspnet": 48}
+# Keras' get_file says so when a download fails: "URL fetch failure on URL: code -- reason".
+_FETCH_FAILURE = re.compile(r"URL fetch failure on (\S+): ")
 
 
-def check_model_config(model_config: ml_collections.ConfigDict, image_size: int) -> None:
-    """Raises UserError when the architecture, backbone, size or weights are unusable."""
-    arch = model_config.arch.lower()
-    if arch not in ARCHITECTURES:
-        raise UserError(
-            f"--config.model.arch={model_config.arch!r} is not an architecture; "
-            f"choose one of {', '.join(ARCHITECTURES)}"
-        )
-    backbones = sm.Backbones.models_names()
-    if model_config.backbone not in backbones:
-        raise UserError(
-            f"--config.model.backbone={model_config.backbone!r} is not a segmentation_models "
-            f"backbone; choose one of {', '.join(backbones)}"
-        )
-    multiple = _SIZE_MULTIPLE[arch]
-    if image_size % multiple:
-        lower = max(multiple, image_size // multiple * multiple)
-        raise UserError(
-            f"--config.data.image_size={image_size} does not suit {arch}, which needs a "
-            f"multiple of {multiple}; use {lower} or {lower + multiple}"
-        )
-    weights = _encoder_weights_kind(model_config.encoder_weights)
-    if weights == "file" and not os.path.isfile(model_config.encoder_weights):
-        raise UserError(
-            f"--config.model.encoder_weights={model_config.encoder_weights!r}: no such file; "
-            "give a local .h5 weights file, 'imagenet' (downloads) or 'none'"
-        )
-
-
-def _encoder_weights_kind(encoder_weights) -> str:
+def encoder_weights_kind(encoder_weights) -> str:
+    """What `model.encoder_weights` asks for: 'none', 'imagenet' or 'file' (a local path)."""
     if encoder_weights is None or str(encoder_weights).lower() in ("", "none"):
         return "none"
     if str(encoder_weights).lower() == "imagenet":
@@ -62,6 +38,8 @@ def build_model(
 ) -> tf.keras.Model:
     """Builds the network; call it inside `strategy.scope()`.
 
+    The config is expected to have passed `trainer.config_check.validate`.
+
     Args:
         model_config: the config's `model` group.
         image_size: side of the square input, px.
@@ -71,10 +49,13 @@ def build_model(
     Returns:
         A Keras model from float images `[batch, s, s, 3]` in 0..1 to float32
         probabilities `[batch, s, s, 1]`.
+
+    Raises:
+        UserError: the ImageNet weights cannot be downloaded (no internet), or the
+            local weights file does not fit the backbone.
     """
-    check_model_config(model_config, image_size)
     arch = model_config.arch.lower()
-    weights_kind = _encoder_weights_kind(model_config.encoder_weights)
+    weights_kind = encoder_weights_kind(model_config.encoder_weights)
     kwargs = dict(
         input_shape=(image_size, image_size, 3),
         classes=1,
@@ -84,7 +65,13 @@ def build_model(
     )
     if arch == "unet":
         kwargs["decoder_filters"] = tuple(model_config.decoder_filters)
-    model = ARCHITECTURES[arch](model_config.backbone, **kwargs)
+    try:
+        model = ARCHITECTURES[arch](model_config.backbone, **kwargs)
+    except Exception as error:
+        failure = _FETCH_FAILURE.search(str(error))
+        if weights_kind != "imagenet" or failure is None:
+            raise
+        raise UserError(_offline_message(failure.group(1))) from None
     if weights_kind == "file":
         _load_encoder_file(model, model_config.encoder_weights)
 
@@ -99,6 +86,18 @@ def build_model(
     if sync is None:
         sync = num_replicas > 1
     return rebuild_layers(model, sync_batchnorm=sync)
+
+
+def _offline_message(url: str) -> str:
+    """The one line for an ImageNet download that failed (a machine without internet)."""
+    file_name = url.rsplit("/", 1)[-1]
+    return (
+        f"--config.model.encoder_weights='imagenet': cannot download {file_name} from {url} "
+        "(no internet?); download it on a machine with internet and pass "
+        f"--config.model.encoder_weights=PATH to that copy (or put it in ~/.keras/models/, "
+        "where Keras looks first), or pass --config.model.encoder_weights=none to train "
+        "from scratch"
+    )
 
 
 def _load_encoder_file(model: tf.keras.Model, path: str) -> None:
@@ -183,11 +182,6 @@ def rebuild_layers(model: tf.keras.Model, *, sync_batchnorm: bool) -> tf.keras.M
     clone = tf.keras.models.clone_model(model, clone_function=clone_layer)
     clone.set_weights(model.get_weights())
     return clone
-
-
-def synchronize_batchnorm(model: tf.keras.Model) -> tf.keras.Model:
-    """Clones `model` with every BatchNormalization synchronised across replicas."""
-    return rebuild_layers(model, sync_batchnorm=True)
 
 
 def count_parameters(model: tf.keras.Model) -> int:

@@ -263,6 +263,8 @@ def create_schedule(train_config, total_steps):
         `warmup_steps` and `lr_schedule` ('cosine': to 0 at `total_steps`;
         'constant': the peak after warmup).
       total_steps: number of optimizer steps of the whole run.
+      precision: the run's precision when it differs from `train_config.precision`
+        (the run plan's, e.g. bfloat16 on a TPU).
 
     Returns:
       A `tf.keras.optimizers.schedules.LearningRateSchedule` of the optimizer's
@@ -288,7 +290,7 @@ def create_schedule(train_config, total_steps):
     )
 
 
-def create_optimizer(train_config, total_steps):
+def create_optimizer(train_config, total_steps, *, precision=None):
     """Builds the optimizer the config's `train` group asks for, with its schedule.
 
     `weight_decay` means tfa's coupled decay for 'radam' and Keras' decoupled decay
@@ -306,6 +308,8 @@ def create_optimizer(train_config, total_steps):
         (radam | adam | adamw | sgd), `learning_rate`, `weight_decay`, `warmup_steps`,
         `lr_schedule`, `momentum` (sgd) and `precision`.
       total_steps: number of optimizer steps of the whole run.
+      precision: the run's precision when it differs from `train_config.precision`
+        (the run plan's, e.g. bfloat16 on a TPU).
 
     Returns:
       A `tf.keras.mixed_precision.LossScaleOptimizer` around the optimizer. Create it
@@ -315,7 +319,8 @@ def create_optimizer(train_config, total_steps):
       UserError: on an unknown optimizer, schedule or precision name.
     """
     _check_choice("optimizer", train_config.optimizer, OPTIMIZERS)
-    _check_choice("precision", train_config.precision, PRECISIONS)
+    precision = precision or train_config.precision
+    _check_choice("precision", precision, PRECISIONS)
     schedule = create_schedule(train_config, total_steps)
     # Keras applies its decoupled decay whenever weight_decay is not None, even at 0.
     weight_decay = float(train_config.weight_decay) or None
@@ -331,7 +336,7 @@ def create_optimizer(train_config, total_steps):
         optimizer = tf.keras.optimizers.SGD(
             schedule, momentum=float(train_config.momentum), weight_decay=weight_decay
         )
-    initial_scale = 2.0**15 if train_config.precision == "mixed_float16" else 1.0
+    initial_scale = 2.0**15 if precision == "mixed_float16" else 1.0
     return tf.keras.mixed_precision.LossScaleOptimizer(optimizer, initial_scale=initial_scale)
 
 

@@ -11,13 +11,13 @@ import dataclasses
 import os
 
 from trainer import metrics
-from trainer.data import pipeline
+from trainer import workdir as workdir_lib
+from trainer.data import decode
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-SAMPLES_DIR = "samples"
 _CELL_INCHES = 1.6
 _DPI = 100
 
@@ -47,7 +47,7 @@ def take_samples(rows: pd.DataFrame, image_size: int, num_samples: int = 8) -> S
     chosen = np.unique(np.linspace(0, len(rows) - 1, num=count).round().astype(int))
     images, masks = [], []
     for i in chosen:
-        image, mask = pipeline.load_pair(rows["images"].iloc[i], rows["masks"].iloc[i], image_size)
+        image, mask = decode.load_pair(rows["images"].iloc[i], rows["masks"].iloc[i], image_size)
         images.append(image.numpy())
         masks.append(mask.numpy())
     names = [os.path.basename(rows["images"].iloc[i]) for i in chosen]
@@ -116,18 +116,16 @@ def write_samples(
 
     Returns:
         The grid as a uint8 `[1, height, width, 3]` tensor, for `tf.summary.image`.
+
+    Raises:
+        UserError: the disk is full or the folder cannot be written.
     """
     inputs = tf.constant(samples.images, tf.float32) / 255.0
     probabilities = tf.cast(model(inputs, training=False), tf.float32).numpy()
     grid = draw_grid(samples, probabilities, title=f"step {step}")
 
-    directory = os.path.join(workdir, SAMPLES_DIR)
-    os.makedirs(directory, exist_ok=True)
-    encoded = tf.io.encode_png(grid).numpy()
-    partial = os.path.join(directory, f".step_{step}.png.tmp")
-    with open(partial, "wb") as f:
-        f.write(encoded)
-    os.replace(partial, os.path.join(directory, f"step_{step}.png"))
+    path = os.path.join(workdir, workdir_lib.SAMPLES_DIR, f"step_{step}.png")
+    workdir_lib.write_bytes(path, tf.io.encode_png(grid).numpy())
 
     image = tf.constant(grid[None])
     if summary_writer is not None:

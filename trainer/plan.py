@@ -10,8 +10,15 @@ import ml_collections
 from absl import logging
 
 
-def run_plan(config: ml_collections.ConfigDict, num_train: int, num_replicas: int) -> dict:
-    """Derives the step counts of the run from the config and the data size."""
+def run_plan(
+    config: ml_collections.ConfigDict, num_train: int, num_replicas: int, *, on_tpu: bool = False
+) -> dict:
+    """Derives the step counts, precision and steps per call from the config and the data.
+
+    On a TPU the config's float16 becomes bfloat16 (TPUs compute in bfloat16, no
+    loss scaling) and one step per call becomes several, so that the host loop
+    keeps the TPU busy; explicit choices stay. The config itself is not changed.
+    """
     global_batch_size = config.data.batch_size
     if global_batch_size % num_replicas:
         raise UserError(
@@ -32,23 +39,26 @@ def run_plan(config: ml_collections.ConfigDict, num_train: int, num_replicas: in
         "eval_every": eval_every,
         "checkpoint_every": config.train.checkpoint_every or eval_every,
         "log_every": config.train.log_every or eval_every,
+        **_device_defaults(config, on_tpu=on_tpu),
     }
 
 
 TPU_STEPS_PER_EXECUTION = 50
 
 
-def adapt_to_tpu(config: ml_collections.ConfigDict) -> None:
-    """TPU defaults: bfloat16 instead of float16, several steps per host call."""
-    if config.train.precision == "mixed_float16":
+def _device_defaults(config: ml_collections.ConfigDict, *, on_tpu: bool) -> dict:
+    precision = config.train.precision
+    steps_per_execution = config.train.steps_per_execution
+    if on_tpu and precision == "mixed_float16":
         logging.info("TPU: using mixed_bfloat16 (TPUs compute in bfloat16, no loss scaling)")
-        config.train.precision = "mixed_bfloat16"
-    if config.train.steps_per_execution == 1:
+        precision = "mixed_bfloat16"
+    if on_tpu and steps_per_execution == 1:
         logging.info(
             "TPU: %d steps per execution, so that the host loop keeps the TPU busy",
             TPU_STEPS_PER_EXECUTION,
         )
-        config.train.steps_per_execution = TPU_STEPS_PER_EXECUTION
+        steps_per_execution = TPU_STEPS_PER_EXECUTION
+    return {"precision": precision, "steps_per_execution": steps_per_execution}
 
 
 def steps_until_event(step: int, plan: dict, steps_per_execution: int) -> int:

@@ -3,7 +3,7 @@
     python -m trainer.predict --model=runs/demo --input='photos/*.jpg' --output=predictions
     python -m trainer.predict --model=runs/demo/export --input=photos --output=out --tta
 
---model is a work directory or a SavedModel export (see trainer.serving);
+--model is a work directory or a SavedModel export (see trainer.inference);
 --input a file, a folder (its image files, not recursive) or a glob. For each
 photo NAME.ext the output folder gets
 
@@ -23,9 +23,10 @@ import glob
 import os
 import sys
 
-from trainer import serving
-from trainer.data import layout, pipeline
-from trainer.errors import UserError, exit_on_user_error
+from trainer import cli, inference, serving
+from trainer import workdir as workdir_lib
+from trainer.data import decode, layout
+from trainer.errors import UserError
 
 import cv2
 import numpy as np
@@ -108,8 +109,8 @@ def make_photo_dataset(paths: list[str], size_px: int, photos_per_batch: int) ->
     """
 
     def load(index, path):
-        photo = pipeline.decode_image(path)
-        return index, photo, tf.shape(photo)[:2], pipeline.resize_image(photo, size_px)
+        photo = decode.decode_image(path)
+        return index, photo, tf.shape(photo)[:2], decode.resize_image(photo, size_px)
 
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -118,7 +119,7 @@ def make_photo_dataset(paths: list[str], size_px: int, photos_per_batch: int) ->
     return dataset.prefetch(2)
 
 
-def make_predict_fn(trained: serving.TrainedModel, *, tta: bool):
+def make_predict_fn(trained: inference.TrainedModel, *, tta: bool):
     """uint8 `[b, s, s, 3]` -> probabilities `[b, s, s, 1]`, mirrored-averaged if tta."""
 
     @tf.function
@@ -148,18 +149,22 @@ def draw_overlay(photo: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def write_png(path: str, image: np.ndarray) -> None:
-    """Writes a grayscale or RGB uint8 image; raises OSError when it cannot."""
+    """Writes a grayscale or RGB uint8 image, whole or not at all.
+
+    Raises:
+        OSError: the image cannot be encoded.
+        UserError: the disk is full or the folder cannot be written.
+    """
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"cannot encode {path} as PNG")
-    with open(path, "wb") as f:
-        f.write(encoded.tobytes())
+    workdir_lib.write_bytes(path, encoded.tobytes())
 
 
 def predict_files(
-    trained: serving.TrainedModel,
+    trained: inference.TrainedModel,
     paths: list[str],
     output_dir: str,
     *,
@@ -172,7 +177,8 @@ def predict_files(
     Returns:
         The paths that could not be read (each also logged as a warning).
     """
-    os.makedirs(output_dir, exist_ok=True)
+    with workdir_lib.writing(output_dir, what="the predicted masks"):
+        tf.io.gfile.makedirs(output_dir)
     names = output_names(paths)
     predict = make_predict_fn(trained, tta=tta)
     skipped = []
@@ -211,7 +217,6 @@ def predict_files(
     return skipped
 
 
-@exit_on_user_error
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -219,9 +224,9 @@ def main(argv):
         raise UserError(f"--threshold={FLAGS.threshold} must be between 0 and 1")
     if FLAGS.batch_size < 1:
         raise UserError(f"--batch_size={FLAGS.batch_size} must be at least 1")
-    serving.model_kind(FLAGS.model)  # a wrong path fails before any slow work
+    inference.model_kind(FLAGS.model)  # a wrong path fails before any slow work
     paths = find_inputs(FLAGS.input)
-    trained = serving.load_trained_model(FLAGS.model)
+    trained = inference.load_trained_model(FLAGS.model)
     logging.info("Predicting %d image(s) with %s", len(paths), trained.path)
     skipped = predict_files(
         trained,
@@ -242,4 +247,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -21,8 +21,8 @@ without any usable pair exits with status 2 and one line saying why.
 import collections
 import sys
 
+from trainer import cli
 from trainer.data import manifest
-from trainer.errors import exit_on_user_error
 
 from absl import app, flags, logging
 
@@ -35,7 +35,6 @@ _CHECK = flags.DEFINE_bool("check", False, "List every problem found, one line e
 _STRICT = flags.DEFINE_bool("strict", False, "Exit with status 1 if any error was found.")
 
 
-@exit_on_user_error
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -61,4 +60,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("data_root")
-    app.run(main)
+    cli.run(main)

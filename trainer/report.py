@@ -3,13 +3,14 @@
 Only the chief writes; other workers get a writer that does nothing.
 """
 
+import io
 import json
 import os
 
+from trainer import workdir as workdir_lib
+
 import tensorflow as tf
 from absl import logging
-
-METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsWriter:
@@ -17,11 +18,13 @@ class MetricsWriter:
 
     def __init__(self, workdir: str, *, enabled: bool, wandb_run=None):
         self._enabled = enabled
-        self._path = os.path.join(workdir, METRICS_FILE)
+        self._path = os.path.join(workdir, workdir_lib.METRICS_FILE)
         self._wandb_run = wandb_run
         self._summary_writer = None
         if enabled:
-            self._summary_writer = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
+            self._summary_writer = tf.summary.create_file_writer(
+                os.path.join(workdir, workdir_lib.TENSORBOARD_DIR)
+            )
 
     @property
     def summary_writer(self):
@@ -30,24 +33,28 @@ class MetricsWriter:
 
     def drop_after(self, step: int) -> None:
         """Removes records past `step`: a resumed run rewrites them, without duplicates."""
-        if not self._enabled or not os.path.exists(self._path):
+        if not self._enabled or not tf.io.gfile.exists(self._path):
             return
         records = read_metrics(self._path)
         kept = [r for r in records if r["step"] <= step]
         if len(kept) != len(records):
-            temporary = self._path + ".tmp"
-            with open(temporary, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in kept)
-            os.replace(temporary, self._path)
+            workdir_lib.write_text(self._path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, step: int, split: str, values: dict) -> None:
-        """Records `values` (name -> number) of `split` ('train' or 'valid') at `step`."""
+        """Records `values` (name -> number) of `split` ('train' or 'valid') at `step`.
+
+        Raises:
+            UserError: the disk is full or the folder cannot be written.
+        """
         if not self._enabled:
             return
         record = {"step": int(step), "split": split}
         record.update({k: _number(v) for k, v in values.items()})
-        with open(self._path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        # Appended, not replaced: a line is small, and a torn last line of a
+        # killed run is skipped by read_metrics.
+        with workdir_lib.writing(os.path.dirname(self._path) or ".", what="metrics.jsonl"):
+            with tf.io.gfile.GFile(self._path, "a") as f:
+                f.write(json.dumps(record) + "\n")
         with self._summary_writer.as_default(step=int(step)):
             for name, value in values.items():
                 tf.summary.scalar(f"{split}/{name}", _number(value))
@@ -69,12 +76,13 @@ def _number(value):
 def read_metrics(path: str) -> list[dict]:
     """Reads metrics.jsonl records, skipping a torn last line of a killed run."""
     records = []
-    with open(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                logging.warning("Ignoring a partial line in %s", path)
+    with tf.io.gfile.GFile(path, "r") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            logging.warning("Ignoring a partial line in %s", path)
     return records
 
 
@@ -94,17 +102,25 @@ def _netrc_has_wandb() -> bool:
 
 
 def plot_curves(workdir: str) -> str | None:
-    """Plots train/valid loss and IoU against the step into WORKDIR/curves.png."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
-        return None
-    import matplotlib
+    """Plots train/valid loss and IoU against the step into WORKDIR/curves.png.
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    Returns:
+        The PNG's path, or None when there is no metrics.jsonl to plot.
+
+    Raises:
+        UserError: the disk is full or the folder cannot be written.
+    """
+    path = os.path.join(workdir, workdir_lib.METRICS_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    # The object-oriented API, not pyplot: no global figure state, safe off the main thread.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     records = read_metrics(path)
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure = Figure(figsize=(11, 4))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2)
     for axis, metric in zip(axes, ("loss", "iou")):
         for split, style in (("train", "-"), ("valid", "o-")):
             points = [
@@ -117,7 +133,8 @@ def plot_curves(workdir: str) -> str | None:
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
-    output = os.path.join(workdir, "curves.png")
-    figure.savefig(output, dpi=100)
-    plt.close(figure)
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=100)
+    output = os.path.join(workdir, workdir_lib.CURVES_FILE)
+    workdir_lib.write_bytes(output, png.getvalue())
     return output

@@ -6,8 +6,8 @@ writes `Images/<group>/nail_NNNNN.png` and `Masks/<group>/nail_NNNNN.png` for
 groups 1..4 (see `trainer.data.synthetic`). The same flags give the same bytes.
 """
 
+from trainer import cli
 from trainer.data import synthetic
-from trainer.errors import exit_on_user_error
 
 from absl import app, flags, logging
 
@@ -17,7 +17,6 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", 256, "Side of the square images
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed; the same seed writes the same bytes.")
 
 
-@exit_on_user_error
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -33,4 +32,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("output_dir")
-    app.run(main)
+    cli.run(main)

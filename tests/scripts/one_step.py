@@ -7,6 +7,7 @@ import sys
 
 import trainer  # noqa: F401
 from trainer import distribute, loop
+from trainer.plan import run_plan
 
 import numpy as np
 import tensorflow as tf
@@ -27,7 +28,10 @@ def main(num_replicas: int, output: str) -> None:
     config.train.learning_rate = 0.1
     config.train.warmup_steps = 0
     config.data.image_size = SIZE_PX
-    model, optimizer, step = loop.build_training(config, strategy, total_steps=10)
+    config.data.batch_size = GLOBAL_BATCH
+    config.train.steps = 10
+    plan = run_plan(config, 10 * GLOBAL_BATCH, num_replicas)
+    trainee = loop.build_trainee(config, strategy, plan)
     rng = np.random.default_rng(1)
     images = rng.random((GLOBAL_BATCH, SIZE_PX, SIZE_PX, 3), dtype=np.float32)
     masks = (rng.random((GLOBAL_BATCH, SIZE_PX, SIZE_PX, 1)) > 0.7).astype(np.float32)
@@ -38,9 +42,8 @@ def main(num_replicas: int, output: str) -> None:
         return dataset
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-    train_fn = loop.make_train_fn(model, optimizer, step, strategy, global_batch_size=GLOBAL_BATCH)
-    logs = train_fn(iterator, tf.constant(1))
-    np.savez(output, *[w.numpy() for w in model.weights], loss=float(logs["loss"]))
+    logs = trainee.train_fn(iterator, tf.constant(1))
+    np.savez(output, *[w.numpy() for w in trainee.model.weights], loss=float(logs["loss"]))
 
 
 if __name__ == "__main__":

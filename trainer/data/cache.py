@@ -23,13 +23,11 @@ shuffling after it needs the buffer of decoded photos that we avoid.
 
 import hashlib
 import os
-import shutil
-import socket
 import time
-import uuid
-from collections.abc import Callable
 from concurrent import futures
 
+from trainer import workdir
+from trainer.data import decode
 from trainer.errors import UserError
 
 import ml_collections
@@ -40,12 +38,11 @@ from absl import logging
 
 MODES = ("none", "disk")
 # Bump when the decode/resize code changes what a cached pair holds.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _SUFFIX = ".pair"
 _LOG_EVERY_S = 15.0
-
-# (image path, mask path) string tensors -> uint8 image [s, s, 3], uint8 mask [s, s, 1].
-LoadFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+# The column `ensure_cached` adds to a manifest: each row's cache file.
+COLUMN = "cached"
 
 
 def check_config(data_config: ml_collections.ConfigDict) -> None:
@@ -83,59 +80,48 @@ def ensure_cached(
     frame: pd.DataFrame,
     size_px: int,
     folder: str,
-    load_fn: LoadFn,
     *,
     num_parallel_calls: int,
-) -> tuple[np.ndarray, list[int]]:
-    """Caches every pair of `frame` not cached yet; returns each row's cache file.
+    shard: tuple[int, int] = (0, 1),
+) -> pd.DataFrame:
+    """Caches the pairs of this input pipeline's shard not cached yet.
 
-    A pair that cannot be decoded gets no file: reading it fails as decoding it
-    would, and training skips it the same way.
+    The shard is every `num_shards`-th row from `shard_index`, as
+    `pipeline.make_dataset` reads it for the same input pipeline; other hosts
+    cache their own shards. A pair that cannot be decoded gets no file.
 
     Args:
-        frame: rows with `images` and `masks` paths.
+        frame: manifest rows with `images` and `masks` paths.
         size_px: the training image size.
         folder: the cache folder (created if missing).
-        load_fn: decodes and resizes one pair, as the pipeline does.
         num_parallel_calls: pairs decoded at once.
+        shard: `(shard_index, num_shards)`: the input pipeline this host runs.
 
     Returns:
-        `(paths, failed_rows)`: str array of cache file paths, one per row of
-        `frame` in its order, and the rows that could not be decoded (logged
-        with their paths).
+        A copy of `frame` with a column `COLUMN`: the cache file of each row of
+        the shard, "" for a pair that could not be decoded (logged with its
+        paths), None for rows of other shards.
 
     Raises:
         UserError: the folder cannot be written, a local folder has too little
             free space for the new files, or no pair at all could be decoded.
     """
+    shard_index, num_shards = shard
+    rows = np.arange(shard_index, len(frame), num_shards)
     size_folder = os.path.join(folder, f"{size_px}px")
-    images = frame["images"].astype(str).to_list()
-    masks = frame["masks"].astype(str).to_list()
+    images = frame["images"].astype(str).to_numpy()[rows].tolist()
+    masks = frame["masks"].astype(str).to_numpy()[rows].tolist()
     names = _names(images, masks, size_px)
-    paths = np.array([os.path.join(size_folder, name) for name in names], dtype=str)
+    paths = [os.path.join(size_folder, name) for name in names]
     try:
         tf.io.gfile.makedirs(size_folder)
         present = set(tf.io.gfile.listdir(size_folder))
-        missing = [row for row, name in enumerate(names) if name not in present]
-        if not missing:
+        missing = [index for index, name in enumerate(names) if name not in present]
+        failed = []
+        if missing:
+            failed = _build(images, masks, paths, missing, size_px, num_parallel_calls)
+        else:
             logging.info("Data cache: all %d pairs at %d px are in %s", len(names), size_px, folder)
-            return paths, []
-        _check_free_space(size_folder, len(missing) * pair_bytes(size_px))
-        logging.info(
-            "Data cache: decoding %d of %d pairs once at %d px into %s",
-            len(missing),
-            len(names),
-            size_px,
-            folder,
-        )
-        started = time.monotonic()
-        written = _write_missing(
-            [images[row] for row in missing],
-            [masks[row] for row in missing],
-            [paths[row] for row in missing],
-            load_fn,
-            num_parallel_calls,
-        )
     except (tf.errors.OpError, OSError) as error:
         reason = getattr(error, "message", None) or str(error)
         raise UserError(
@@ -143,15 +129,44 @@ def ensure_cached(
             "--config.data.cache_dir at a writable disk, or turn the cache off with "
             "--config.data.cache=none"
         ) from None
+    _report_failures(failed, images, masks, len(names))
+    cached = np.full(len(frame), None, dtype=object)
+    failed_set = set(failed)
+    cached[rows] = [("" if index in failed_set else path) for index, path in enumerate(paths)]
+    return frame.assign(**{COLUMN: cached})
+
+
+def _build(images, masks, paths, missing, size_px: int, num_parallel_calls: int) -> list[int]:
+    """Decodes and writes the `missing` pairs; returns those that could not be decoded."""
+    workdir.check_free_space(
+        os.path.dirname(paths[0]),
+        len(missing) * pair_bytes(size_px),
+        what="the data cache",
+        fix="point --config.data.cache_dir at a larger disk, or turn the cache off with "
+        "--config.data.cache=none",
+    )
+    logging.info(
+        "Data cache: decoding %d of %d pairs once at %d px into %s",
+        len(missing),
+        len(paths),
+        size_px,
+        os.path.dirname(os.path.dirname(paths[0])),
+    )
+    started = time.monotonic()
+    written = _write_missing(
+        [images[index] for index in missing],
+        [masks[index] for index in missing],
+        [paths[index] for index in missing],
+        size_px,
+        num_parallel_calls,
+    )
     logging.info(
         "Data cache: %d pairs written in %.1f s (%.0f MiB)",
         len(written),
         time.monotonic() - started,
         len(written) * pair_bytes(size_px) / 2**20,
     )
-    failed_rows = [row for index, row in enumerate(missing) if index not in written]
-    _report_failures(failed_rows, images, masks, len(names))
-    return paths, failed_rows
+    return [index for position, index in enumerate(missing) if position not in written]
 
 
 def _report_failures(failed_rows: list[int], images, masks, num_pairs: int) -> None:
@@ -199,47 +214,22 @@ def _stamp(path: str) -> str:
     return f"{stat.length}:{stat.mtime_nsec}"
 
 
-def _check_free_space(folder: str, needed_bytes: int) -> None:
-    if "://" in folder:
-        return  # buckets have no free-space figure
-    free_bytes = shutil.disk_usage(folder).free
-    if free_bytes < needed_bytes * 1.05:
-        raise UserError(
-            f"data cache {folder} needs {needed_bytes / 2**30:.2f} GiB, only "
-            f"{free_bytes / 2**30:.2f} GiB free; point --config.data.cache_dir at a larger "
-            "disk, or turn the cache off with --config.data.cache=none"
-        )
-
-
-def _write_missing(images, masks, paths, load_fn: LoadFn, num_parallel_calls: int) -> set[int]:
+def _write_missing(images, masks, paths, size_px: int, num_parallel_calls: int) -> set[int]:
     """Decodes pairs in parallel and writes each; returns the indices written."""
     dataset = tf.data.Dataset.from_tensor_slices((images, masks, tf.range(len(paths))))
     dataset = dataset.map(
-        lambda image, mask, index: (*load_fn(image, mask), index),
+        lambda image, mask, index: (*decode.load_pair(image, mask, size_px), index),
         num_parallel_calls=num_parallel_calls,
         deterministic=False,
     )
     dataset = dataset.ignore_errors().prefetch(num_parallel_calls)
     written, last_log = set(), time.monotonic()
     for image, mask, index in dataset.as_numpy_iterator():
-        _write(paths[index], np.concatenate([image, mask], axis=-1).tobytes())
+        # Atomic: runs sharing the folder may cache the same pair at once, with
+        # identical bytes; a killed run leaves no half file.
+        workdir.write_bytes(paths[index], np.concatenate([image, mask], axis=-1).tobytes())
         written.add(int(index))
         if time.monotonic() - last_log > _LOG_EVERY_S:
             logging.info("Data cache: %d of %d pairs written", len(written), len(paths))
             last_log = time.monotonic()
     return written
-
-
-def _write(path: str, payload: bytes) -> None:
-    """Writes a file so that no reader ever sees it half written."""
-    if "://" in path:
-        # A bucket object appears whole when its upload ends; a rename there is a copy.
-        with tf.io.gfile.GFile(path, "wb") as f:
-            f.write(payload)
-        return
-    # Unique per writer: runs sharing the folder (containers all have pid 1) may
-    # cache the same pair at once; the last rename wins, with identical bytes.
-    temporary = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with open(temporary, "wb") as f:
-        f.write(payload)
-    os.replace(temporary, path)

@@ -1,7 +1,7 @@
 """Decodes every image and mask the way the trainer does and lists what is wrong.
 
-The check calls the input pipeline's own decoders (`pipeline.decode_image`,
-`pipeline.decode_mask`), so that a pair that passes it is a pair the trainer
+The check calls the input pipeline's own decoders (`decode.decode_image`,
+`decode.decode_mask`), so that a pair that passes it is a pair the trainer
 can read as intended: a second decoder (OpenCV, PIL) accepts files TensorFlow
 rejects (TIFF), on which a run would stop hours in, and reads 16-bit label
 masks that TensorFlow's 8 bits leave empty.
@@ -12,18 +12,17 @@ legitimate and worth knowing (a photo without the object has an empty mask).
 """
 
 import concurrent.futures
-import dataclasses
 import re
 import time
 
-from trainer.data import pipeline
+from trainer.data import decode
+from trainer.data.layout import Problem
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 from absl import logging
 
-SEVERITIES = ("error", "warning", "note")
 # Masks saved at another scale round their sides; a larger difference in
 # proportions cannot line up with the image once both are resized to a square.
 _ASPECT_TOLERANCE = 0.02
@@ -31,24 +30,6 @@ _ASPECT_TOLERANCE = 0.02
 # are, the file is likely a photo or a soft map rather than a mask.
 _MOSTLY_GRAY_SHARE = 0.5
 _RESAVE = "replace it or re-save it as PNG"
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    """Something wrong (or worth knowing) about one file.
-
-    Attributes:
-        path: the file concerned (absolute).
-        message: what is wrong, in a few words.
-        severity: one of `SEVERITIES`.
-    """
-
-    path: str
-    message: str
-    severity: str = "error"
-
-    def __str__(self) -> str:
-        return f"{self.severity}: {self.path}: {self.message}"
 
 
 def check_pairs(frame: pd.DataFrame, *, max_workers: int | None = None) -> list[Problem]:
@@ -125,8 +106,8 @@ def check_pair(image_path: str, mask_path: str) -> list[Problem]:
 
 
 def _check_pair_on_host(image_path: str, mask_path: str) -> list[Problem]:
-    image, image_problem = _decode(pipeline.decode_image, image_path)
-    mask, mask_problem = _decode(pipeline.decode_mask, mask_path)
+    image, image_problem = _decode(decode.decode_image, image_path)
+    mask, mask_problem = _decode(decode.decode_mask, mask_path)
     problems = [p for p in (image_problem, mask_problem) if p is not None]
     if image is None or mask is None:
         return problems
@@ -145,7 +126,7 @@ def _decode(decoder, path: str) -> tuple[np.ndarray | None, Problem | None]:
     try:
         return decoder(tf.constant(path)).numpy(), None
     except tf.errors.OpError as error:
-        what = "mask" if decoder is pipeline.decode_mask else "image"
+        what = "mask" if decoder is decode.decode_mask else "image"
         reason = _op_error_text(error)
         return None, Problem(path, f"the trainer cannot read this {what} ({reason}); {_RESAVE}")
 
@@ -173,8 +154,8 @@ def _compare_sizes(image_hw, mask_hw, mask_path: str) -> Problem | None:
 
 def _mask_contents(mask: np.ndarray, mask_path: str) -> list[Problem | None]:
     """Problems of a decoded mask `[h, w, 1]` in {0, 1}: empty, full, not binary."""
-    # The values before thresholding, read as `pipeline.decode_mask` reads them.
-    raw = pipeline.decode_mask_values(tf.constant(mask_path)).numpy()
+    # The values before thresholding, read as `decode.decode_mask` reads them.
+    raw = decode.decode_mask_values(tf.constant(mask_path)).numpy()
     if mask.all():
         full = Problem(mask_path, "mask is entirely foreground", "note")
         return [full, _gray_pixels(raw, mask_path)]
@@ -209,7 +190,7 @@ def _gray_pixels(raw: np.ndarray, mask_path: str) -> Problem | None:
     share = num_gray / raw.size
     message = (
         f"mask is not binary: {num_gray} of {raw.size} pixels ({share:.1%}) are between "
-        f"1 and 254; the trainer binarises it at {pipeline.BINARY_THRESHOLD}"
+        f"1 and 254; the trainer binarises it at {decode.BINARY_THRESHOLD}"
     )
     if share > _MOSTLY_GRAY_SHARE:
         return Problem(mask_path, f"{message}; is it a mask?", "warning")

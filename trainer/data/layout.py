@@ -14,7 +14,6 @@ mask may have another extension and a `_mask` suffix.
 import dataclasses
 from pathlib import Path
 
-from trainer.data.check import Problem
 from trainer.errors import UserError
 
 import pandas as pd
@@ -22,6 +21,25 @@ import pandas as pd
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 MASK_SUFFIX = "_mask"
 COLUMNS = ("images", "masks", "group")  # of a manifest; a scan adds "split"
+SEVERITIES = ("error", "warning", "note")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Something wrong (or worth knowing) about one file.
+
+    Attributes:
+        path: the file concerned (absolute).
+        message: what is wrong, in a few words.
+        severity: one of `SEVERITIES`.
+    """
+
+    path: str
+    message: str
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.path}: {self.message}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,11 +15,11 @@ import csv
 import dataclasses
 import os
 import tempfile
-import uuid
 from pathlib import Path
 
+from trainer import workdir
 from trainer.data import check, layout
-from trainer.data.check import Problem
+from trainer.data.layout import Problem
 from trainer.errors import UserError
 
 import numpy as np
@@ -118,13 +118,11 @@ def write_manifests(train: pd.DataFrame, valid: pd.DataFrame, csv_dir, *, data_r
 
 
 def _replace_csv(frame: pd.DataFrame, path: Path) -> None:
-    # A name of our own, not tempfile's: that one would leave the CSV mode 0600.
-    partial = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     # Every field quoted: Python 3.11's csv leaves a '\r' in a file name bare, which
     # then reads back as a line break. 'replace': problems.csv may name a file
     # whose name is not UTF-8.
-    frame.to_csv(partial, index=False, encoding="utf-8", errors="replace", quoting=csv.QUOTE_ALL)
-    os.replace(partial, path)
+    text = frame.to_csv(index=False, quoting=csv.QUOTE_ALL)
+    workdir.write_bytes(str(path), text.encode("utf-8", errors="replace"))
 
 
 def prepare(

@@ -5,8 +5,9 @@ Order of operations (training):
   2. an endless stream of file names, reshuffled each epoch from (seed, epoch);
      with `data.balanced` one such stream per group, sampled evenly,
   3. skip the examples a resumed run has already seen (file names only: cheap),
-  4. decode and resize with TF ops in parallel (or, with `data.cache`, read the
-     pair decoded and resized once before: trainer/data/cache.py),
+  4. decode and resize with TF ops in parallel (trainer/data/decode.py), or,
+     when the rows carry a `cached` column (`cache.ensure_cached`), read the
+     pair decoded and resized once before,
   5. augment with albumentations (seeded by the example's stream position),
   6. batch at the per-replica size with `drop_remainder`, prefetch.
 Validation decodes and resizes only, in file order, keeping the last partial batch.
@@ -17,7 +18,7 @@ Only file names are ever shuffled: a buffer of decoded photos (the seed's
 
 import os
 
-from trainer.data import augment, cache
+from trainer.data import augment, cache, decode
 from trainer.errors import UserError
 
 import ml_collections
@@ -25,84 +26,6 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 from absl import logging
-
-BINARY_THRESHOLD = 127  # masks saved as 0/255 images; JPEG noise lands on either side.
-
-
-def decode_image(path: tf.Tensor) -> tf.Tensor:
-    """Reads an image file as uint8 `[height, width, 3]` (grayscale/RGBA converted)."""
-    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-
-
-def decode_mask_values(path: tf.Tensor) -> tf.Tensor:
-    """Reads a mask file as uint8 `[height, width, 1]`, values as stored (not binarised).
-
-    Decoded with its own channels, then made one: RGB(A) to luminance, gray +
-    alpha to gray (CMYK JPEGs decode to RGB). Asking the decoder for one
-    channel directly fails for BMP, WebP and CMYK JPEG files.
-    """
-    raw = tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False)
-    one_channel = tf.cond(
-        tf.shape(raw)[-1] >= 3,
-        lambda: tf.image.rgb_to_grayscale(raw[..., :3]),
-        lambda: raw[..., :1],
-    )
-    return tf.ensure_shape(one_channel, [None, None, 1])
-
-
-def decode_mask(path: tf.Tensor) -> tf.Tensor:
-    """Reads a mask file as uint8 `[height, width, 1]` in {0, 1}.
-
-    0/255 masks (and 3-channel or JPEG ones) are binarised at 127; label-index
-    masks whose values are only 0 and 1 are kept as they are.
-    """
-    mask = decode_mask_values(path)
-    is_label_index = tf.reduce_max(mask) <= 1
-    return tf.where(is_label_index, mask, tf.cast(mask > BINARY_THRESHOLD, tf.uint8))
-
-
-def resize_image(image: tf.Tensor, size_px: int) -> tf.Tensor:
-    """Resizes uint8 images `[..., h, w, 3]` to uint8 `[..., size_px, size_px, 3]`.
-
-    Shrinking averages areas (a box filter: antialiased, and about 4x faster
-    than antialiased bilinear on a 768 px photo); enlarging is bilinear.
-    Training, evaluation and the exported serving graph all use this, so a
-    photo reaches the network the same way.
-    """
-    height, width = tf.shape(image)[-3], tf.shape(image)[-2]
-    shrinking = tf.logical_and(height >= size_px, width >= size_px)
-    resized = tf.cond(
-        shrinking,
-        lambda: tf.image.resize(image, [size_px, size_px], method="area"),
-        lambda: tf.image.resize(image, [size_px, size_px], antialias=True),
-    )
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
-
-
-def resize_pair(image: tf.Tensor, mask: tf.Tensor, size_px: int):
-    """Resizes an image (`resize_image`) and its mask (bilinear, re-binarised).
-
-    Returns:
-        uint8 image `[size_px, size_px, 3]`, uint8 mask `[size_px, size_px, 1]` in {0, 1}.
-    """
-    image = resize_image(image, size_px)
-    mask = tf.image.resize(tf.cast(mask, tf.float32), [size_px, size_px])
-    mask = tf.cast(mask >= 0.5, tf.uint8)
-    return image, mask
-
-
-def load_pair(image_path: tf.Tensor, mask_path: tf.Tensor, size_px: int):
-    """Decodes an image and its mask and resizes both, as training and evaluation see them.
-
-    Returns:
-        uint8 image `[size_px, size_px, 3]`, uint8 mask `[size_px, size_px, 1]` in {0, 1}.
-    """
-    return resize_pair(decode_image(image_path), decode_mask(mask_path), size_px)
-
-
-def to_model_inputs(image: tf.Tensor, mask: tf.Tensor):
-    """uint8 image and mask -> float32 image in 0..1 and float32 mask in {0, 1}."""
-    return tf.cast(image, tf.float32) / 255.0, tf.cast(mask, tf.float32)
 
 
 def pipeline_parallelism(data_config: ml_collections.ConfigDict, local_replicas: int):
@@ -151,12 +74,13 @@ def make_dataset(
     seed: int = 0,
     skip_examples: int = 0,
     with_weights: bool = False,
-    cache_dir: str | None = None,
 ) -> tf.data.Dataset:
     """Builds the input pipeline for one input pipeline (worker) of a strategy.
 
     Args:
-        frame: manifest rows with absolute `images` and `masks` paths and a `group`.
+        frame: manifest rows with absolute `images` and `masks` paths and a `group`;
+            with a `cached` column (`cache.ensure_cached` for the same input
+            pipeline), the pairs are read from the cache instead of decoded.
         data_config: the config's `data` group (image_size, batch_size, balanced,
             augment, num_parallel_calls, prefetch_batches).
         input_context: from `strategy.distribute_datasets_from_function`; None
@@ -169,9 +93,6 @@ def make_dataset(
             full batches and add a float32 weight `[b]` per example, 0 for padding.
             Replicas and workers then run equal steps on static shapes (TPU,
             multi-worker), and weighted sums stay exact.
-        cache_dir: decode and resize each pair of this pipeline's shard once,
-            into this folder (`cache.ensure_cached`), and read it from there;
-            None decodes every example.
 
     Returns:
         Batches of `(image, mask)`: image float32 `[b, s, s, 3]` in 0..1, mask
@@ -194,27 +115,21 @@ def make_dataset(
             f"the {split} set has {num_pairs} image/mask pairs for {num_pipelines} input "
             "pipelines (one per worker), and each needs at least one; add data or use fewer workers"
         )
-    if cache_dir is None:
+    if cache.COLUMN not in frame:
         images = tf.constant(frame["images"].astype(str).to_numpy())
         masks = tf.constant(frame["masks"].astype(str).to_numpy())
 
         def load(index, example_seed):
-            return (*load_pair(images[index], masks[index], size_px), example_seed)
+            return (*decode.load_pair(images[index], masks[index], size_px), example_seed)
 
     else:
-        cache_paths, failed_rows = cache.ensure_cached(
-            frame,
-            size_px,
-            cache_dir,
-            lambda image_path, mask_path: load_pair(image_path, mask_path, size_px),
-            num_parallel_calls=num_parallel_calls,
-        )
-        if failed_rows and not training:
-            # Training keeps the rows (its stream positions must not move on a
-            # resume) and skips them; evaluation simply leaves them out.
-            keep = np.setdiff1d(np.arange(len(frame)), failed_rows)
-            frame, cache_paths = frame.iloc[keep].reset_index(drop=True), cache_paths[keep]
-        cached = tf.constant(cache_paths)
+        if frame[cache.COLUMN].isna().any():
+            raise ValueError("the cache was built for another input pipeline's shard")
+        if not training:
+            # Training keeps undecodable rows (its stream positions must not move
+            # on a resume) and skips them; evaluation simply leaves them out.
+            frame = frame[frame[cache.COLUMN] != ""].reset_index(drop=True)
+        cached = tf.constant(frame[cache.COLUMN].astype(str).to_numpy())
 
         def load(index, example_seed):
             return (*cache.read_pair(cached[index], size_px), example_seed)
@@ -250,7 +165,7 @@ def make_dataset(
 
 
 def _to_model_inputs_keeping_weight(image, mask, *weight):
-    return (*to_model_inputs(image, mask), *weight)
+    return (*decode.to_model_inputs(image, mask), *weight)
 
 
 def _augment_fn(size_px: int):
