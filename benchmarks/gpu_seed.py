@@ -33,14 +33,12 @@ import time
 import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from benchmarks import common
+from benchmarks import measure, report, runner
 
-common.define_common_flags()
-config_flags.DEFINE_config_file(
-    "config", "configs/nail_unet_effb4.py", "Config file (the seed's by default)."
-)
+runner.define_common_flags()
+runner.define_config_flag("configs/nail_unet_effb4.py", "Config file (the seed's by default).")
+runner.define_timing_flags(warmup_calls=2)
 flags.DEFINE_list(
     "variants",
     ["float32", "mixed_float16", "mixed_float16+xla"],
@@ -48,7 +46,6 @@ flags.DEFINE_list(
 )
 flags.DEFINE_integer("steps", 20, "Timed train steps per variant.")
 flags.DEFINE_integer("steps_per_call", 0, "Steps per train-function call; 0: the config's.")
-flags.DEFINE_integer("warmup_calls", 2, "Calls before timing, the first (tracing) included.")
 flags.DEFINE_integer("time_limit_s", 450, "Wall-clock bound of the whole run, seconds.")
 flags.DEFINE_bool("allow_cpu", False, "Run without a GPU (to test the script; no figures).")
 flags.DEFINE_bool("count_flops", False, "Internal: count the forward FLOPs in this child.")
@@ -83,25 +80,25 @@ def gpu_kind(name: str) -> str | None:
     return None
 
 
-def run_child(precision: str, jit: bool) -> dict:
+def run_child(variant: str) -> dict:
     """Trains one variant on the GPU; returns timing, peak memory and (optionally) FLOPs."""
     import tensorflow as tf
 
     from benchmarks import harness
 
-    config = common.config_from_json(FLAGS.config_json)
+    precision, _, xla = variant.partition("+")
+    config = measure.config_from_json(FLAGS.config_json)
     config.train.precision = precision
-    config.train.jit_compile = jit
-    strategy = harness.one_device_strategy()
-    trainee = harness.build_trainee(config, strategy)
-    size, batch = config.data.image_size, config.data.batch_size
+    config.train.jit_compile = xla == "xla"
+    trainee = harness.build_trainee(config, harness.one_device_strategy())
+    size = config.data.image_size
     flops = harness.forward_flops(trainee.model, size) if FLAGS.count_flops else None
-    images, masks = harness.rendered_examples(batch, size)
-    iterator = harness.in_memory_iterator(strategy, images, masks, batch)
+    iterator = harness.in_memory_batches(trainee, size)
     steps_per_call = FLAGS.steps_per_call or config.train.steps_per_execution
     timing = harness.time_training(
         trainee,
         iterator,
+        config,
         steps_per_call=steps_per_call,
         warmup_calls=FLAGS.warmup_calls,
         timed_calls=max(1, FLAGS.steps // steps_per_call),
@@ -113,7 +110,6 @@ def run_child(precision: str, jit: bool) -> dict:
         "forward_flops_per_image": flops,
         "gpu_peak_gib": None if peak_bytes is None else peak_bytes / 2**30,
         "tf32": bool(tf.config.experimental.tensor_float_32_execution_enabled()),
-        **harness.devices(),
     }
 
 
@@ -124,41 +120,29 @@ def peak_for(row: dict, gpu: str | None) -> tuple[str | None, float | None]:
     return units, (peaks or {}).get(units)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.child:
-        precision, _, xla = FLAGS.child.partition("+")
-        common.write_child_result(FLAGS.child_result, run_child(precision, xla == "xla"))
-        return 0
+def run_parent() -> int:
+    """Runs each variant in its own process within the time limit; judges the speed-up."""
     deadline = time.monotonic() + FLAGS.time_limit_s
-    common.use_quick_settings(FLAGS, _QUICK)
     if not FLAGS["wait_quiet_s"].present:
         # The GPU window is short, and host load barely moves a GPU-bound step;
         # the load is still recorded, and warned about.
         FLAGS.wait_quiet_s = 0
-    gpus = common.probe_gpus()
+    gpus = runner.probe_gpus()
     if not gpus and not FLAGS.allow_cpu:
         print(
             "gpu_seed: no GPU found (TensorFlow lists none). This benchmark needs one; "
             "nothing was measured. (--allow_cpu runs it on the CPU to test the script.)"
         )
         return 0
-    config_json = common.config_for_child(FLAGS.config, quick=FLAGS.quick)
-    config = common.config_from_json(config_json)
+    config = runner.config_for_child(FLAGS.config)
     settings = {
-        "config": config_flags.get_config_filename(FLAGS["config"]),
+        **runner.config_settings(config, varied=("precision", "steps_per_execution")),
         "gpu": gpus[0] if gpus else None,
-        "image_size": config.data.image_size,
-        "global_batch_size": config.data.batch_size,
-        "backbone": config.model.backbone,
         "variants": FLAGS.variants,
-        "steps": FLAGS.steps,
-        "warmup_calls": FLAGS.warmup_calls,
-        "time_limit_s": FLAGS.time_limit_s,
+        **{name: FLAGS[name].value for name in ("steps", "warmup_calls", "time_limit_s")},
     }
     title = f"the seed's setup on {gpus[0] if gpus else 'the CPU (test only)'}"
-    record = common.start("gpu_seed", title, settings, FLAGS)
+    record = report.start("gpu_seed", title, settings)
     rows, flops = [], None
     for variant in FLAGS.variants:
         left_s = deadline - time.monotonic()
@@ -166,27 +150,27 @@ def main(argv):
             rows.append({"variant": variant, "error": f"skipped: {left_s:.0f} s left"})
             continue
         args = {
-            "config_json": config_json,
+            "config_json": config,
             "count_flops": flops is None,
             **{n: FLAGS[n].value for n in ("steps", "steps_per_call", "warmup_calls")},
         }
-        row = common.run_child("gpu_seed", variant, args, timeout_s=left_s)
+        row = runner.run_child("gpu_seed", variant, args, timeout_s=left_s)
         row["precision"] = variant.partition("+")[0]
         flops = flops or row.get("forward_flops_per_image")
         rows.append(row)
     goals, notes = _judge(rows, flops, config.data.batch_size, gpus[0] if gpus else None)
     columns = [
-        common.Column("variant", "variant"),
-        common.Column("images_per_sec", "images/s", ".1f"),
-        common.Column("speedup", "vs float32", ".2f"),
-        common.FIRST_CALL_S,
-        common.Column("gpu_peak_gib", "GPU peak GiB", ".2f"),
-        common.Column("tflops", "TFLOP/s", ".1f"),
-        common.Column("peak_used", "peak used"),
-        common.Column("mfu", "MFU", ".1%"),
-        common.Column("loss", "last loss", ".4f"),
+        report.Column("variant", "variant"),
+        report.IMAGES_PER_SEC,
+        report.Column("speedup", "vs float32", ".2f"),
+        report.FIRST_CALL_S,
+        report.Column("gpu_peak_gib", "GPU peak GiB", ".2f"),
+        report.Column("tflops", "TFLOP/s", ".1f"),
+        report.Column("peak_used", "peak used"),
+        report.Column("mfu", "MFU", ".1%"),
+        report.Column("loss", "last loss", ".4f"),
     ]
-    return common.finish(record, rows, columns, goals=goals, notes=notes)
+    return report.finish(record, rows, columns, goals=goals, notes=notes)
 
 
 def _judge(rows: list[dict], flops: int | None, batch: int, gpu: str | None):
@@ -197,17 +181,17 @@ def _judge(rows: list[dict], flops: int | None, batch: int, gpu: str | None):
     for row in rows:
         if "error" in row:
             continue
-        row["speedup"] = common.ratio(row.get("images_per_sec"), reference.get("images_per_sec"))
+        row["speedup"] = report.ratio(row.get("images_per_sec"), reference.get("images_per_sec"))
         if flops_per_step:
             row["tflops"] = flops_per_step * row["steps_per_sec"] / 1e12
         if flops_per_step and gpu:
             units, peak = peak_for(row, gpu)
             row["peak_used"] = f"{units} {peak / 1e12:.0f}T" if peak else f"{units} unknown"
-            row["mfu"] = common.ratio(row["tflops"] * 1e12, peak)
-            row["mfu_vs_fp32_peak"] = common.ratio(row["tflops"] * 1e12, fp32_peak)
+            row["mfu"] = report.ratio(row["tflops"] * 1e12, peak)
+            row["mfu_vs_fp32_peak"] = report.ratio(row["tflops"] * 1e12, fp32_peak)
     fast = by_variant.get("mixed_float16+xla", {}).get("images_per_sec")
     slow = by_variant.get("float32", {}).get("images_per_sec")
-    goals = [common.goal("mixed_float16+xla / float32 images/s", common.ratio(fast, slow), 2.0)]
+    goals = [report.goal("mixed_float16+xla / float32 images/s", report.ratio(fast, slow), 2.0)]
     notes = []
     if flops_per_step:
         notes.append(
@@ -227,4 +211,4 @@ def _judge(rows: list[dict], flops: int | None, batch: int, gpu: str | None):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(runner.main(run_parent, run_child, quick=_QUICK))

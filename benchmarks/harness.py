@@ -1,20 +1,18 @@
 """The TensorFlow side of the benchmarks, imported by child processes only.
 
-The model, optimizer, step counter and train function are the trainer's own
-(`loop.build_training`, `loop.make_train_fn`), built by the same calls as
-`trainer/train.py`, so
-that a figure measured here is a figure of the trainer. In-memory batches are
-drawn by the trainer's synthetic data generator, so that no benchmark of the
-train step reads the disk.
+The model, optimizer, step counter and train function come from the trainer's
+one builder, `trainer.loop.build_trainee`, as in `trainer/train.py`, so that a
+figure measured here is a figure of the trainer. In-memory batches are drawn
+by the trainer's synthetic data generator, so that no benchmark of the train
+step reads the disk. Timing and memory are `benchmarks.measure`'s.
 """
 
-import dataclasses
 import time
 from pathlib import Path
 
 import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from trainer import distribute, loop
-from trainer.data import layout, synthetic
+from trainer.data import cache, layout, pipeline, synthetic
 from trainer.plan import run_plan
 
 import ml_collections
@@ -22,42 +20,24 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from benchmarks import common
+from benchmarks import measure
 
 # The learning-rate schedule needs a run length; speed does not depend on it.
 _NOMINAL_STEPS_PER_EPOCH = 100
 
 
-@dataclasses.dataclass
-class Trainee:
-    """The trainer's model, optimizer and train function, ready to run."""
+def build_trainee(
+    config: ml_collections.ConfigDict, strategy: tf.distribute.Strategy
+) -> loop.Trainee:
+    """The trainer's `loop.build_trainee` under a nominal run plan.
 
-    model: tf.keras.Model
-    optimizer: tf.keras.optimizers.Optimizer
-    step: tf.Variable
-    train_fn: object
-    strategy: tf.distribute.Strategy
-    global_batch_size: int
-
-
-def build_trainee(config: ml_collections.ConfigDict, strategy: tf.distribute.Strategy) -> Trainee:
-    """Builds what `trainer/train.py` builds, from the config and the strategy.
-
-    The random seed is set first, so that every variant of a benchmark starts
-    from the same initial weights.
+    A benchmark has no data set size; the plan's step counts only shape the
+    learning-rate schedule. The builder seeds Keras first, so that every
+    variant of a benchmark starts from the same initial weights.
     """
-    num_replicas = strategy.num_replicas_in_sync
-    plan = run_plan(config, _NOMINAL_STEPS_PER_EPOCH * config.data.batch_size, num_replicas)
-    model, optimizer, step = loop.build_training(config, strategy, total_steps=plan["total_steps"])
-    train_fn = loop.make_train_fn(
-        model,
-        optimizer,
-        step,
-        strategy,
-        global_batch_size=plan["global_batch_size"],
-        jit_compile=config.train.jit_compile,
-    )
-    return Trainee(model, optimizer, step, train_fn, strategy, plan["global_batch_size"])
+    num_train = _NOMINAL_STEPS_PER_EPOCH * config.data.batch_size
+    plan = run_plan(config, num_train, strategy.num_replicas_in_sync)
+    return loop.build_trainee(config, strategy, plan)
 
 
 def weights_checksum(model: tf.keras.Model) -> float:
@@ -65,7 +45,7 @@ def weights_checksum(model: tf.keras.Model) -> float:
     return float(sum(np.abs(w.numpy().astype(np.float64)).sum() for w in model.weights))
 
 
-def run_call(trainee: Trainee, iterator, num_steps: int) -> dict:
+def run_call(trainee: loop.Trainee, iterator, num_steps: int) -> dict:
     """One call of the train function; reading its results waits for the device."""
     logs = trainee.train_fn(iterator, tf.constant(num_steps, tf.int32))
     return {
@@ -76,15 +56,31 @@ def run_call(trainee: Trainee, iterator, num_steps: int) -> dict:
 
 
 def time_training(
-    trainee: Trainee, iterator, *, steps_per_call: int, warmup_calls: int, timed_calls: int
+    trainee: loop.Trainee,
+    iterator,
+    config: ml_collections.ConfigDict,
+    *,
+    warmup_calls: int,
+    timed_calls: int,
+    steps_per_call: int | None = None,
 ) -> dict:
     """Times the train function after warm-up calls (the first one traces and compiles).
+
+    Args:
+        trainee: from `build_trainee`.
+        iterator: a distributed iterator of `(images, masks)` batches.
+        config: the config the trainee was built from.
+        warmup_calls: calls before timing, the first (tracing) included.
+        timed_calls: calls timed.
+        steps_per_call: train steps per call; the config's
+            `train.steps_per_execution` when None.
 
     Returns:
         `steps_per_sec`, `images_per_sec` (global), `first_call_s` (tracing,
         compilation and the first steps), `cores_busy`, the last call's `loss`,
         and `finite_steps` / `timed_steps` of the timed calls.
     """
+    steps_per_call = steps_per_call or config.train.steps_per_execution
     calls = []
 
     def call():
@@ -94,7 +90,9 @@ def time_training(
     first_started = time.perf_counter()
     call()
     first_call_s = time.perf_counter() - first_started
-    timing = common.time_calls(call, warmup_calls=max(0, warmup_calls - 1), timed_calls=timed_calls)
+    timing = measure.time_calls(
+        call, warmup_calls=max(0, warmup_calls - 1), timed_calls=timed_calls
+    )
     timed = calls[len(calls) - timed_calls :]
     return {
         "steps_per_sec": timing["items_per_sec"],
@@ -126,22 +124,22 @@ def rendered_examples(num_examples: int, size_px: int, *, seed: int = 0):
     return images, masks
 
 
-def in_memory_iterator(strategy: tf.distribute.Strategy, images, masks, per_replica: int):
-    """A distributed iterator cycling over in-memory batches of `per_replica` examples.
+def in_memory_batches(trainee: loop.Trainee, size_px: int, *, num_batches: int = 1):
+    """A distributed iterator cycling over in-memory batches: no input cost per step.
 
-    One batch is `tf.data.Dataset.from_tensors(batch).repeat()`, which costs
-    nothing per step; several are sliced in turn, each replica getting its own.
+    `num_batches` global batches of `rendered_examples` at `size_px` are cut
+    into slices of the per-replica batch size, which every replica reads in
+    turn. A single slice is `tf.data.Dataset.from_tensors(slice).repeat()`.
     """
-    num_batches = len(images) // per_replica
-
-    def as_batches(array):
-        kept = array[: num_batches * per_replica]
-        return kept.reshape(num_batches, per_replica, *array.shape[1:])
-
-    images, masks = as_batches(images), as_batches(masks)
+    strategy = trainee.strategy
+    per_replica = trainee.global_batch_size // strategy.num_replicas_in_sync
+    num_slices = num_batches * strategy.num_replicas_in_sync
+    images, masks = rendered_examples(num_slices * per_replica, size_px)
+    images = images.reshape(num_slices, per_replica, *images.shape[1:])
+    masks = masks.reshape(num_slices, per_replica, *masks.shape[1:])
 
     def dataset_fn(_):
-        if num_batches == 1:
+        if num_slices == 1:
             return tf.data.Dataset.from_tensors((images[0], masks[0])).repeat()
         return tf.data.Dataset.from_tensor_slices((images, masks)).repeat()
 
@@ -149,10 +147,25 @@ def in_memory_iterator(strategy: tf.distribute.Strategy, images, masks, per_repl
 
 
 def data_frame(root) -> pd.DataFrame:
-    """All image/mask pairs of a `common.synthetic_data` folder, paired by the trainer."""
+    """All image/mask pairs of a `runner.synthetic_data` folder, paired by the trainer."""
     parts = sorted(Path(root).glob("part*"))
     frames = [layout.scan(part).pairs[["images", "masks", "group"]] for part in parts]
     return pd.concat(frames, ignore_index=True)
+
+
+def cache_pairs(
+    frame: pd.DataFrame, data_config: ml_collections.ConfigDict, folder: str
+) -> pd.DataFrame:
+    """Decodes and resizes every pair once into `folder`, as trainer/train.py does.
+
+    Returns:
+        The frame with the cache's column, which makes
+        `pipeline.make_dataset` read the cached pairs instead of decoding.
+    """
+    num_parallel_calls, _ = pipeline.pipeline_parallelism(data_config, 1)
+    return cache.ensure_cached(
+        frame, data_config.image_size, folder, num_parallel_calls=num_parallel_calls
+    )
 
 
 def one_device_strategy() -> tf.distribute.Strategy:

@@ -29,22 +29,19 @@ import os
 import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from benchmarks import common
+from benchmarks import measure, report, runner
 
-common.define_common_flags()
-config_flags.DEFINE_config_file("config", "configs/demo_cpu.py", "Config file (configs/NAME.py).")
+runner.define_common_flags()
+runner.define_config_flag("configs/demo_cpu.py")
+runner.define_timing_flags(warmup_calls=2, calls=20)
 flags.DEFINE_integer("num_images", 400, "Synthetic photos on disk (trainer.synthetic's default).")
 flags.DEFINE_integer("photo_px", 256, "Side of the photos on disk (trainer.synthetic's default).")
-flags.DEFINE_integer("warmup_calls", 2, "Train-function calls before timing, the first included.")
-flags.DEFINE_integer("calls", 20, "Timed train-function calls of steps_per_execution steps.")
 flags.DEFINE_integer("rounds", 2, "Runs of each variant, interleaved; the table shows medians.")
-flags.DEFINE_string("data", None, "Internal: the data folder, for a child.")
-flags.DEFINE_string("scratch", None, "Internal: an empty work folder (its cache/), for a child.")
 FLAGS = flags.FLAGS
 
 _QUICK = {"num_images": 16, "photo_px": 96, "warmup_calls": 1, "calls": 2, "rounds": 1}
+VARIANTS = ("pipeline", "uncached", "memory")
 
 
 def run_child(variant: str) -> dict:
@@ -56,22 +53,19 @@ def run_child(variant: str) -> dict:
 
     from benchmarks import harness
 
-    config = common.config_from_json(FLAGS.config_json)
+    config = measure.config_from_json(FLAGS.config_json)
     strategy = harness.one_device_strategy()
     trainee = harness.build_trainee(config, strategy)
     frame = harness.data_frame(FLAGS.data)
     if variant != "pipeline":
         config.data.cache = "none"  # memory: one batch needs no cache
     cache_dir = data_cache.cache_dir(config.data, FLAGS.scratch)
+    if cache_dir is not None:
+        frame = harness.cache_pairs(frame, config.data, cache_dir)
 
     def pipeline_fn(input_context):
         return pipeline.make_dataset(
-            frame,
-            config.data,
-            input_context,
-            training=True,
-            seed=config.train.seed,
-            cache_dir=cache_dir,
+            frame, config.data, input_context, training=True, seed=config.train.seed
         )
 
     if variant in ("pipeline", "uncached"):
@@ -84,31 +78,16 @@ def run_child(variant: str) -> dict:
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     timing = harness.time_training(
-        trainee,
-        iterator,
-        steps_per_call=config.train.steps_per_execution,
-        warmup_calls=FLAGS.warmup_calls,
-        timed_calls=FLAGS.calls,
+        trainee, iterator, config, warmup_calls=FLAGS.warmup_calls, timed_calls=FLAGS.calls
     )
-    return {**timing, "cache": config.data.cache, **harness.devices()}
+    return {**timing, "cache": config.data.cache}
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.child:
-        common.write_child_result(FLAGS.child_result, run_child(FLAGS.child))
-        return 0
-    common.use_quick_settings(FLAGS, _QUICK)
-    config_json = common.config_for_child(FLAGS.config, quick=FLAGS.quick)
-    config = common.config_from_json(config_json)
+def run_parent() -> int:
+    """Runs the three inputs in interleaved rounds; judges pipeline / memory."""
+    config = runner.config_for_child(FLAGS.config)
     settings = {
-        "config": config_flags.get_config_filename(FLAGS["config"]),
-        "image_size": config.data.image_size,
-        "global_batch_size": config.data.batch_size,
-        "backbone": config.model.backbone,
-        "precision": config.train.precision,
-        "steps_per_execution": config.train.steps_per_execution,
+        **runner.config_settings(config),
         **{
             name: FLAGS[name].value
             for name in ("num_images", "photo_px", "warmup_calls", "calls", "rounds")
@@ -118,47 +97,39 @@ def main(argv):
     # One results file per config: the seed config's run must not replace the demo's.
     config_name = os.path.splitext(os.path.basename(settings["config"]))[0]
     name = "input_bound" if config_name == "demo_cpu" else f"input_bound_{config_name}"
-    record = common.start(name, title, settings, FLAGS)
-    root = common.synthetic_data(FLAGS.num_images, FLAGS.photo_px)
+    record = report.start(name, title, settings)
+    root = runner.synthetic_data(FLAGS.num_images, FLAGS.photo_px)
     args = {
-        "config_json": config_json,
+        "config_json": config,
         "data": root,
         "warmup_calls": FLAGS.warmup_calls,
         "calls": FLAGS.calls,
     }
-    rows = common.run_rounds(
-        "input_bound",
-        ["pipeline", "uncached", "memory"],
-        args,
-        rounds=FLAGS.rounds,
-        key="steps_per_sec",
-        scratch_flag="scratch",
+    rows = runner.run_rounds(
+        "input_bound", VARIANTS, args, rounds=FLAGS.rounds, key="steps_per_sec", scratch=True
     )
     for row in rows:  # the median steps/s, in images
         if row.get("steps_per_sec") is not None:
             row["images_per_sec"] = row["steps_per_sec"] * config.data.batch_size
     by_variant = {row["variant"]: row for row in rows}
-    fraction = common.ratio(
-        by_variant["pipeline"].get("steps_per_sec"), by_variant["memory"].get("steps_per_sec")
-    )
-    goals = [common.goal(f"pipeline (cache {config.data.cache})/memory steps/s", fraction, 0.9)]
-    uncached = common.ratio(
-        by_variant["uncached"].get("steps_per_sec"), by_variant["memory"].get("steps_per_sec")
-    )
+    memory_rate = by_variant["memory"].get("steps_per_sec")
+    fraction = report.ratio(by_variant["pipeline"].get("steps_per_sec"), memory_rate)
+    goals = [report.goal(f"pipeline (cache {config.data.cache})/memory steps/s", fraction, 0.9)]
+    uncached = report.ratio(by_variant["uncached"].get("steps_per_sec"), memory_rate)
     notes = [] if uncached is None else [f"uncached pipeline/memory steps/s: {uncached:.3f}"]
     columns = [
-        common.Column("variant", "input"),
-        common.Column("cache", "data.cache"),
-        common.Column("steps_per_sec", "steps/s (median)", ".3f"),
-        common.Column("steps_per_sec_runs", "steps/s of each run", ".3f"),
-        common.Column("images_per_sec", "images/s", ".1f"),
-        common.CORES_BUSY,
-        common.FIRST_CALL_S,
-        common.Column("loss", "last loss", ".4f"),
-        common.PEAK_RSS_MIB,
+        report.Column("variant", "input"),
+        report.Column("cache", "data.cache"),
+        report.Column("steps_per_sec", "steps/s (median)", ".3f"),
+        report.Column("steps_per_sec_runs", "steps/s of each run", ".3f"),
+        report.IMAGES_PER_SEC,
+        report.CORES_BUSY,
+        report.FIRST_CALL_S,
+        report.Column("loss", "last loss", ".4f"),
+        report.PEAK_RSS_MIB,
     ]
-    return common.finish(record, rows, columns, goals=goals, notes=notes)
+    return report.finish(record, rows, columns, goals=goals, notes=notes)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(runner.main(run_parent, run_child, quick=_QUICK))

@@ -40,10 +40,10 @@ from trainer.data import augment
 import albumentations as A
 from absl import app, flags
 
-from benchmarks import common
+from benchmarks import measure, report, runner
 from configs import nail_unet_effb4
 
-common.define_common_flags()
+runner.define_common_flags()
 flags.DEFINE_list("sizes", ["200", "2000"], "Data set sizes (number of photos) to compare.")
 flags.DEFINE_integer("photo_px", 768, "Side of the synthetic photos on disk, px.")
 flags.DEFINE_integer("image_px", 384, "Side of the training images both pipelines deliver, px.")
@@ -55,8 +55,6 @@ flags.DEFINE_integer(
     "batches", 30, "Batches timed at least; rounded up to whole epochs of the seed's pipeline."
 )
 flags.DEFINE_integer("num_devices", 1, "The seed's len(device): its maps use cpu_count // this.")
-flags.DEFINE_string("data", None, "Internal: the data folder, for a child.")
-flags.DEFINE_string("cache_dir", None, "Internal: an empty cache folder, for ours+cache.")
 FLAGS = flags.FLAGS
 
 VARIANTS = ("seed", "ours", "ours+cache")
@@ -106,13 +104,21 @@ def seed_dataset(images, masks, *, image_px, batch_size, num_devices):
 
 
 def our_dataset(frame, *, image_px, batch_size, cache_dir=None):
-    """The trainer's training pipeline, with the seed config's data settings."""
+    """The trainer's training pipeline, with the seed config's data settings.
+
+    With a `cache_dir`, every pair is first decoded and resized into it once
+    (`harness.cache_pairs`), as trainer/train.py does before training.
+    """
     from trainer.data import pipeline
+
+    from benchmarks import harness
 
     data_config = nail_unet_effb4.get_config().data
     data_config.image_size = image_px
     data_config.batch_size = batch_size
-    return pipeline.make_dataset(frame, data_config, training=True, cache_dir=cache_dir)
+    if cache_dir is not None:
+        frame = harness.cache_pairs(frame, data_config, cache_dir)
+    return pipeline.make_dataset(frame, data_config, training=True)
 
 
 def batch_counts(variant: str, num_images: int) -> tuple[int, int]:
@@ -135,9 +141,9 @@ def run_child(variant: str) -> dict:
     from benchmarks import harness
 
     frame = harness.data_frame(FLAGS.data)
-    rss_start_mib = common.rss_mib()
+    rss_start_mib = measure.rss_mib()
     started = time.perf_counter()
-    cache_dir = FLAGS.cache_dir if variant == "ours+cache" else None
+    cache_dir = FLAGS.scratch if variant == "ours+cache" else None
     if variant == "seed":
         dataset = seed_dataset(
             list(frame["images"]),
@@ -156,7 +162,7 @@ def run_child(variant: str) -> dict:
     first = next(iterator)
     first_batch_s = time.perf_counter() - started
     image_shape = list(first[0].shape)
-    timing = common.time_calls(
+    timing = measure.time_calls(
         lambda: int(next(iterator)[0].shape[0]),
         warmup_calls=warmup_batches - 1,
         timed_calls=timed_batches,
@@ -172,46 +178,40 @@ def run_child(variant: str) -> dict:
         "cores_busy": timing["cores_busy"],
         "rss_start_mib": rss_start_mib,
         "batch_shape": image_shape,
-        **harness.devices(),
     }
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.child:
-        common.write_child_result(FLAGS.child_result, run_child(FLAGS.child))
-        return 0
-    common.use_quick_settings(FLAGS, _QUICK)
+def run_parent() -> int:
+    """Runs the three pipelines on each data set size, each in its own process; judges them."""
     sizes = sorted(int(size) for size in FLAGS.sizes)
     settings = {
         name: FLAGS[name].value
         for name in ("photo_px", "image_px", "batch_size", "warmup_batches", "batches")
     }
     settings.update(sizes=sizes, num_devices=FLAGS.num_devices)
-    record = common.start("input_pipeline", "the seed's tf.data pipeline vs ours", settings, FLAGS)
-    roots = {size: common.synthetic_data(size, FLAGS.photo_px) for size in sizes}
+    record = report.start("input_pipeline", "the seed's tf.data pipeline vs ours", settings)
+    roots = {size: runner.synthetic_data(size, FLAGS.photo_px) for size in sizes}
     rows = []
     for size in sizes:
         for variant in VARIANTS:
             args = {name: FLAGS[name].value for name in settings if name != "sizes"}
             args = {**args, "data": roots[size]}
-            result = common.run_child("input_pipeline", variant, args, scratch_flag="cache_dir")
+            result = runner.run_child("input_pipeline", variant, args, scratch=True)
             rows.append({**result, "size": size})
     goals, notes = _judge(rows, sizes)
-    return common.finish(record, rows, _COLUMNS, goals=goals, notes=notes)
+    return report.finish(record, rows, _COLUMNS, goals=goals, notes=notes)
 
 
 _COLUMNS = [
-    common.Column("size", "photos"),
-    common.Column("variant", "pipeline"),
-    common.Column("first_batch_s", "first batch s", ".2f"),
-    common.Column("cache_build_s", "cache build s", ".2f"),
-    common.Column("timed_images", "timed images"),
-    common.Column("images_per_sec", "images/s", ".1f"),
-    common.CORES_BUSY,
-    common.Column("rss_start_mib", "RSS start MiB", ".0f"),
-    common.PEAK_RSS_MIB,
+    report.Column("size", "photos"),
+    report.Column("variant", "pipeline"),
+    report.Column("first_batch_s", "first batch s", ".2f"),
+    report.Column("cache_build_s", "cache build s", ".2f"),
+    report.Column("timed_images", "timed images"),
+    report.IMAGES_PER_SEC,
+    report.CORES_BUSY,
+    report.Column("rss_start_mib", "RSS start MiB", ".0f"),
+    report.PEAK_RSS_MIB,
 ]
 
 
@@ -225,14 +225,14 @@ def _judge(rows: list[dict], sizes: list[int]):
     goals, notes = [], []
     for size in sizes:
         seed_rate = value(size, "seed", "images_per_sec")
-        speedup = common.ratio(value(size, "ours+cache", "images_per_sec"), seed_rate)
+        speedup = report.ratio(value(size, "ours+cache", "images_per_sec"), seed_rate)
         goals.append(
-            common.goal(f"ours (cache on, the default)/seed images/s, {size} photos", speedup, 1.5)
+            report.goal(f"ours (cache on, the default)/seed images/s, {size} photos", speedup, 1.5)
         )
-        uncached = common.ratio(value(size, "ours", "images_per_sec"), seed_rate)
+        uncached = report.ratio(value(size, "ours", "images_per_sec"), seed_rate)
         if uncached is not None:
             notes.append(f"{size} photos: ours without the cache {uncached:.2f}x the seed")
-        first = common.ratio(
+        first = report.ratio(
             value(size, "seed", "first_batch_s"), value(size, "ours+cache", "first_batch_s")
         )
         if first is not None:
@@ -249,12 +249,12 @@ def _judge(rows: list[dict], sizes: list[int]):
             )
     if len(sizes) > 1:
         for variant in ("ours", "ours+cache"):
-            growth = common.ratio(
+            growth = report.ratio(
                 value(large, variant, "peak_rss_mib"), value(small, variant, "peak_rss_mib")
             )
             growth = None if growth is None else growth - 1
             goals.append(
-                common.goal(
+                report.goal(
                     f"growth of {variant} peak RSS, {small} -> {large} photos",
                     growth,
                     _FLAT_FRACTION,
@@ -265,4 +265,4 @@ def _judge(rows: list[dict], sizes: list[int]):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(runner.main(run_parent, run_child, quick=_QUICK))

@@ -20,109 +20,88 @@ TensorFlow is imported in the children only.
 import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from benchmarks import common
+from benchmarks import measure, report, runner
 
-common.define_common_flags()
-config_flags.DEFINE_config_file("config", "configs/demo_cpu.py", "Config file (configs/NAME.py).")
+runner.define_common_flags()
+runner.define_config_flag("configs/demo_cpu.py")
+runner.define_timing_flags(warmup_calls=1, calls=4)
 flags.DEFINE_list(
     "precisions", ["float32", "mixed_float16", "mixed_bfloat16"], "Precisions to compare."
 )
 flags.DEFINE_list("jit", ["false", "true"], "jit_compile settings to compare.")
 flags.DEFINE_integer("num_batches", 4, "Distinct in-memory batches, used in turn.")
-flags.DEFINE_integer("warmup_calls", 1, "Train-function calls before timing, the first included.")
-flags.DEFINE_integer("calls", 4, "Timed train-function calls of steps_per_execution steps.")
 FLAGS = flags.FLAGS
 
 # Relative distance of a variant's final loss from float32's still called unbroken.
 _LOSS_TOLERANCE = 0.10
 _QUICK = {"num_batches": 2, "warmup_calls": 1, "calls": 1}
+_CHILD_FLAGS = ("num_batches", "warmup_calls", "calls")
 
 
-def run_child() -> dict:
+def run_child(variant: str) -> dict:
     """Trains the variant the config describes; returns timing, losses and the init checksum."""
     from benchmarks import harness
 
-    config = common.config_from_json(FLAGS.config_json)
-    strategy = harness.one_device_strategy()
-    trainee = harness.build_trainee(config, strategy)
+    config = measure.config_from_json(FLAGS.config_json)
+    trainee = harness.build_trainee(config, harness.one_device_strategy())
     init_checksum = harness.weights_checksum(trainee.model)
     size = config.data.image_size
-    images, masks = harness.rendered_examples(FLAGS.num_batches * config.data.batch_size, size)
-    iterator = harness.in_memory_iterator(strategy, images, masks, config.data.batch_size)
+    iterator = harness.in_memory_batches(trainee, size, num_batches=FLAGS.num_batches)
     timing = harness.time_training(
-        trainee,
-        iterator,
-        steps_per_call=config.train.steps_per_execution,
-        warmup_calls=FLAGS.warmup_calls,
-        timed_calls=FLAGS.calls,
+        trainee, iterator, config, warmup_calls=FLAGS.warmup_calls, timed_calls=FLAGS.calls
     )
-    return {
-        **timing,
-        "init_checksum": init_checksum,
-        "total_steps": int(trainee.step.numpy()),
-        **harness.devices(),
-    }
+    return {**timing, "init_checksum": init_checksum, "total_steps": int(trainee.step.numpy())}
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.child:
-        common.write_child_result(FLAGS.child_result, run_child())
-        return 0
-    common.use_quick_settings(FLAGS, _QUICK)
-    base_config = common.config_from_json(common.config_for_child(FLAGS.config, quick=FLAGS.quick))
+def run_parent() -> int:
+    """Runs every precision with and without XLA, each in its own process; judges the losses."""
+    base_config = runner.config_for_child(FLAGS.config)
     jit_values = [value.lower() in ("true", "1", "yes") for value in FLAGS.jit]
     settings = {
-        "config": config_flags.get_config_filename(FLAGS["config"]),
-        "image_size": base_config.data.image_size,
-        "global_batch_size": base_config.data.batch_size,
-        "backbone": base_config.model.backbone,
-        "steps_per_execution": base_config.train.steps_per_execution,
+        **runner.config_settings(base_config, varied=("precision",)),
         "precisions": FLAGS.precisions,
         "jit": jit_values,
-        **{name: FLAGS[name].value for name in ("num_batches", "warmup_calls", "calls")},
+        **{name: FLAGS[name].value for name in _CHILD_FLAGS},
     }
     title = "float32 vs mixed_float16 vs mixed_bfloat16, without and with XLA"
-    record = common.start("precision", title, settings, FLAGS)
+    record = report.start("precision", title, settings)
     rows = []
     for precision in FLAGS.precisions:
         for jit in jit_values:
-            config = common.config_from_json(base_config.to_json())
+            config = base_config.copy_and_resolve_references()
             config.train.precision = precision
             config.train.jit_compile = jit
-            args = {
-                "config_json": config.to_json(),
-                **{name: FLAGS[name].value for name in ("num_batches", "warmup_calls", "calls")},
-            }
+            args = {"config_json": config, **{name: FLAGS[name].value for name in _CHILD_FLAGS}}
             variant = f"{precision}{' +XLA' if jit else ''}"
-            rows.append(common.run_child("precision", variant, args))
-    goals, notes = _judge(rows)
+            rows.append(runner.run_child("precision", variant, args))
+    goals, ratios, notes = _judge(rows)
     columns = [
-        common.Column("variant", "precision"),
-        common.Column("images_per_sec", "images/s", ".2f"),
-        common.Column("speedup", "vs float32", ".2f"),
-        common.FIRST_CALL_S,
-        common.Column("loss", "final loss", ".4f"),
-        common.Column("finite_steps", "applied", "d"),
-        common.Column("timed_steps", "timed steps", "d"),
-        common.Column("init_checksum", "init", ".6g"),
-        common.PEAK_RSS_MIB,
+        report.Column("variant", "precision"),
+        report.Column("images_per_sec", "images/s", ".2f"),
+        report.Column("speedup", "vs float32", ".2f"),
+        report.FIRST_CALL_S,
+        report.Column("loss", "final loss", ".4f"),
+        report.Column("finite_steps", "applied", "d"),
+        report.Column("timed_steps", "timed steps", "d"),
+        report.Column("init_checksum", "init", ".6g"),
+        report.PEAK_RSS_MIB,
     ]
-    return common.finish(record, rows, columns, goals=goals, notes=notes)
+    return report.finish(record, rows, columns, goals=goals, ratios=ratios, notes=notes)
 
 
 def _judge(rows: list[dict]):
     reference = rows[0]
     for row in rows:
-        row["speedup"] = common.ratio(row.get("images_per_sec"), reference.get("images_per_sec"))
+        row["speedup"] = report.ratio(row.get("images_per_sec"), reference.get("images_per_sec"))
+    ratios = {
+        f"{row['variant']} / {reference['variant']} images/s": row["speedup"] for row in rows[1:]
+    }
     goals, notes = [], []
     for row in rows[1:]:
         name = f"|final loss - {reference['variant']}'s| / it, {row['variant']}"
         distance = _loss_distance(row, reference)
-        goals.append(common.goal(name, distance, _LOSS_TOLERANCE, at_most=True))
+        goals.append(report.goal(name, distance, _LOSS_TOLERANCE, at_most=True))
     checksums = {row.get("init_checksum") for row in rows if "error" not in row}
     notes.append(
         "same initial weights in every variant"
@@ -130,7 +109,7 @@ def _judge(rows: list[dict]):
         else f"initial weights DIFFER between variants: {sorted(checksums)}"
     )
     notes.append(f"speed-ups and loss distances are relative to {reference['variant']}")
-    return goals, notes
+    return goals, ratios, notes
 
 
 def _loss_distance(row: dict, reference: dict) -> float | None:
@@ -140,4 +119,4 @@ def _loss_distance(row: dict, reference: dict) -> float | None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(runner.main(run_parent, run_child, quick=_QUICK))

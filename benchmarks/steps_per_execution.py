@@ -19,12 +19,11 @@ import time
 import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from benchmarks import common
+from benchmarks import measure, report, runner
 
-common.define_common_flags()
-config_flags.DEFINE_config_file("config", "configs/demo_cpu.py", "Config file (configs/NAME.py).")
+runner.define_common_flags()
+runner.define_config_flag("configs/demo_cpu.py")
 flags.DEFINE_list("values", ["1", "8", "32"], "steps_per_execution values to compare.")
 flags.DEFINE_integer("steps_per_round", 32, "Steps per value and round; a multiple of each value.")
 flags.DEFINE_integer("rounds", 2, "Rounds over all values.")
@@ -34,17 +33,14 @@ _QUICK = {"rounds": 1}
 _CHILD_FLAGS = ("values", "steps_per_round", "rounds")
 
 
-def run_child() -> dict:
-    """Runs every value in rounds in one process; returns images/s per value."""
+def run_child(variant: str) -> dict:
+    """Runs every value in rounds in one process (the variant is 'all'); returns images/s."""
     from benchmarks import harness
 
-    config = common.config_from_json(FLAGS.config_json)
+    config = measure.config_from_json(FLAGS.config_json)
     values = [int(value) for value in FLAGS.values]
-    strategy = harness.one_device_strategy()
-    trainee = harness.build_trainee(config, strategy)
-    batch = config.data.batch_size
-    images, masks = harness.rendered_examples(batch, config.data.image_size)
-    iterator = harness.in_memory_iterator(strategy, images, masks, batch)
+    trainee = harness.build_trainee(config, harness.one_device_strategy())
+    iterator = harness.in_memory_batches(trainee, config.data.image_size)
     first_call_s = {}
     for value in values:  # the first call traces; each value once before timing
         started = time.perf_counter()
@@ -53,14 +49,14 @@ def run_child() -> dict:
     seconds = dict.fromkeys(values, 0.0)
     for _ in range(FLAGS.rounds):
         for value in values:
-            calls = FLAGS.steps_per_round // value
-            timing = common.time_calls(
+            timing = measure.time_calls(
                 lambda v=value: harness.run_call(trainee, iterator, v)["num_steps"],
                 warmup_calls=0,
-                timed_calls=calls,
+                timed_calls=FLAGS.steps_per_round // value,
             )
             seconds[value] += timing["seconds"]
     steps = FLAGS.rounds * FLAGS.steps_per_round
+    batch = trainee.global_batch_size
     return {
         "per_value": [
             {
@@ -72,17 +68,11 @@ def run_child() -> dict:
             }
             for value in values
         ],
-        **harness.devices(),
     }
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.child:
-        common.write_child_result(FLAGS.child_result, run_child())
-        return 0
-    common.use_quick_settings(FLAGS, _QUICK)
+def run_parent() -> int:
+    """Runs the one child that compares every value; reports images/s against the first."""
     values = [int(value) for value in FLAGS.values]
     uneven = [value for value in values if FLAGS.steps_per_round % value]
     if uneven:
@@ -90,40 +80,39 @@ def main(argv):
             f"--steps_per_round={FLAGS.steps_per_round} is not a multiple of {uneven}; "
             f"use a multiple of {max(values)}"
         )
-    config_json = common.config_for_child(FLAGS.config, quick=FLAGS.quick)
-    config = common.config_from_json(config_json)
+    config = runner.config_for_child(FLAGS.config)
     settings = {
-        "config": config_flags.get_config_filename(FLAGS["config"]),
-        "image_size": config.data.image_size,
-        "global_batch_size": config.data.batch_size,
-        "backbone": config.model.backbone,
-        "precision": config.train.precision,
+        **runner.config_settings(config, varied=("steps_per_execution",)),
         "values": values,
         "steps_per_round": FLAGS.steps_per_round,
         "rounds": FLAGS.rounds,
     }
     title = f"steps per execution {' vs '.join(str(v) for v in values)}"
-    record = common.start("steps_per_execution", title, settings, FLAGS)
-    args = {"config_json": config_json, **{n: FLAGS[n].value for n in _CHILD_FLAGS}}
-    result = common.run_child("steps_per_execution", "all", args)
+    record = report.start("steps_per_execution", title, settings)
+    args = {"config_json": config, **{n: FLAGS[n].value for n in _CHILD_FLAGS}}
+    result = runner.run_child("steps_per_execution", "all", args)
     if "error" in result:
         rows = [result]
     else:
         rows = [{"variant": str(row["steps_per_execution"]), **row} for row in result["per_value"]]
         for row in rows:
             row["peak_rss_mib"] = result["peak_rss_mib"]
-            row["speedup"] = common.ratio(row["images_per_sec"], rows[0]["images_per_sec"])
+            row["speedup"] = report.ratio(row["images_per_sec"], rows[0]["images_per_sec"])
     columns = [
-        common.Column("variant", "steps/call"),
-        common.Column("steps_per_sec", "steps/s", ".3f"),
-        common.Column("images_per_sec", "images/s", ".1f"),
-        common.Column("speedup", f"vs {values[0]}", ".3f"),
-        common.FIRST_CALL_S,
-        common.Column("timed_steps", "timed steps", "d"),
+        report.Column("variant", "steps/call"),
+        report.Column("steps_per_sec", "steps/s", ".3f"),
+        report.IMAGES_PER_SEC,
+        report.Column("speedup", f"vs {values[0]}", ".3f"),
+        report.FIRST_CALL_S,
+        report.Column("timed_steps", "timed steps", "d"),
     ]
+    ratios = {
+        f"images/s, {row['variant']} / {values[0]} steps per call": row.get("speedup")
+        for row in rows[1:]
+    }
     notes = ["all values run in one process, interleaved round by round, on one traced function"]
-    return common.finish(record, rows, columns, notes=notes)
+    return report.finish(record, rows, columns, ratios=ratios, notes=notes)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(runner.main(run_parent, run_child, quick=_QUICK))
