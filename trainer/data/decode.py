@@ -26,6 +26,9 @@ _ORIENTATION_TAG = 0x0112
 _EXIF_HEADER = list(b"Exif\0\0")
 
 
+# A graph, also when called eagerly: the data check decodes in threads, and an
+# eager while_loop of small ops run from several threads crashed TensorFlow.
+@tf.function(input_signature=[tf.TensorSpec([], tf.string)])
 def exif_orientation(encoded: tf.Tensor) -> tf.Tensor:
     """The EXIF orientation (1-8) of an encoded image, as an int32 scalar.
 
