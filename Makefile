@@ -20,9 +20,9 @@ demo: install
 	test -d $(DATA)/Images || $(PY) -m trainer.synthetic --output_dir=$(DATA)
 	$(PY) -m trainer.train --config=configs/demo_cpu.py --data_root=$(DATA) --workdir=$(RUN)
 
-# Lint, then the fast tests (the long ones: make test-slow).
+# Lint, then the fast tests, two processes at a time (the long ones: make test-slow).
 test: install lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

@@ -5,6 +5,8 @@ contracts (exit codes, one-line errors, stdout). The work directory that most
 tests read (`trained_workdir`) is trained once per session, in-process.
 """
 
+import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -118,11 +120,28 @@ def trained_run(tmp_path_factory, synthetic_root, tiny_config):
     """The tiny run trained in-process: 4 steps, then resumed to 6 on the same workdir.
 
     Returns `(workdir, first_results, resumed_results)`; shared by every test
-    that needs a trained work directory, so tests must not modify it.
+    that needs a trained work directory, so tests must not modify it. Under
+    `pytest -n N` the first worker to need it trains it; the others wait and
+    read it.
     """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return _train_tiny_run(tmp_path_factory.mktemp("trained"), synthetic_root, tiny_config)
+    # The workers' base folders share a parent that is new for each pytest run.
+    shared = tmp_path_factory.getbasetemp().parent / "trained"
+    shared.mkdir(exist_ok=True)
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        record = shared / "results.json"
+        if not record.exists():
+            run = _train_tiny_run(shared, synthetic_root, tiny_config)
+            record.write_text(json.dumps(run))
+        return tuple(json.loads(record.read_text()))
+
+
+def _train_tiny_run(folder, synthetic_root, tiny_config):
     from trainer import train
 
-    workdir = str(tmp_path_factory.mktemp("trained") / "workdir")
+    workdir = str(folder / "workdir")
     first = train.train_and_evaluate(
         tiny_config(train__steps=4),
         workdir=workdir,

@@ -143,17 +143,26 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
     assert resumed["step"] == 8
 
 
-def test_workdir_of_another_model_is_refused_unless_overwrite(
-    trained_workdir, tiny_config, synthetic_root, tmp_path, caplog
+def test_workdir_of_another_model_is_refused_before_the_data_is_read(
+    trained_workdir, tiny_config, tmp_path
 ):
     workdir = str(tmp_path / "w")
     shutil.copytree(trained_workdir, workdir)
     other = tiny_config(train__steps=2, model__backbone="mobilenetv2")
 
+    # A missing data folder: the work directory is checked before any data is read.
     with pytest.raises(UserError, match="holds a run with model.backbone='resnet18'"):
-        _train(other, workdir, synthetic_root)
+        _train(other, workdir, tmp_path / "no_data_here")
     assert len(read_records(workdir)) == len(read_records(trained_workdir))  # nothing touched
 
+
+@pytest.mark.slow
+def test_overwrite_starts_another_model_afresh(
+    trained_workdir, tiny_config, synthetic_root, tmp_path, caplog
+):
+    workdir = str(tmp_path / "w")
+    shutil.copytree(trained_workdir, workdir)
+    other = tiny_config(train__steps=2, model__backbone="mobilenetv2")
     caplog.set_level("INFO", logger="absl")
     _train(other, workdir, synthetic_root, overwrite=True)
     assert "Resumed from checkpoint" not in caplog.text

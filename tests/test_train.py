@@ -79,42 +79,30 @@ def test_the_library_leaves_no_global_state_behind(trained_run):
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
-def test_command_line_trains_logs_offline_to_wandb_and_says_where_results_are(
+def test_command_line_trains_on_two_cpu_devices_logs_offline_and_says_where_results_are(
     run_module, tiny_args, synthetic_root, tmp_path
 ):
-    workdir = str(tmp_path / "workdir")
-    process = run_module(
-        "train",
-        *tiny_args,
-        "--config.train.steps=2",
-        "--config.log.wandb=True",
-        f"--data_root={synthetic_root}",
-        f"--workdir={workdir}",
-    )
-    assert process.returncode == 0, process.stderr[-4000:]
-    assert "Training done: best valid IoU" in process.stdout
-    assert os.path.abspath(workdir) in process.stdout
-    assert "wandb: offline run" in process.stderr
-    runs = os.listdir(os.path.join(workdir, "wandb"))
-    assert any(name.startswith("offline-run-") for name in runs), runs
-
-
-def test_mirrored_on_two_cpu_devices_trains(run_module, tiny_args, synthetic_root, tmp_path):
     workdir = str(tmp_path / "mirrored")
     process = run_module(
         "train",
         *tiny_args,
         "--config.train.steps=2",
+        "--config.log.wandb=True",
         "--strategy=mirrored",
         "--num_cpu_devices=2",
         f"--data_root={synthetic_root}",
         f"--workdir={workdir}",
     )
     assert process.returncode == 0, process.stderr[-4000:]
+    assert "Training done: best valid IoU" in process.stdout
+    assert os.path.abspath(workdir) in process.stdout
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert config["run"]["num_replicas"] == 2 and config["run"]["per_replica_batch_size"] == 2
     assert config["run"]["strategy"] == "mirrored"
     assert [r["step"] for r in read_records(workdir)] == [2, 2]
+    assert "wandb: offline run" in process.stderr
+    runs = os.listdir(os.path.join(workdir, "wandb"))
+    assert any(name.startswith("offline-run-") for name in runs), runs
 
 
 @pytest.mark.parametrize(
