@@ -16,6 +16,8 @@ from trainer.data import synthetic
 
 import pytest
 
+from tests.files import one_device
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The demo config cut to what trains in seconds: 64 px, a narrow decoder, batch 4.
@@ -106,13 +108,6 @@ def synthetic_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     synthetic.write_dataset(root, num_images=48, image_size=64, seed=0)
     return root
-
-
-def one_device():
-    """The CPU as a one-device strategy, as `--strategy=one_device` gives on a CPU machine."""
-    import tensorflow as tf
-
-    return tf.distribute.OneDeviceStrategy("/cpu:0")
 
 
 @pytest.fixture(scope="session")

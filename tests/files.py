@@ -1,9 +1,15 @@
-"""Small image and mask files for the data tests (a helper module, not a test module)."""
+"""Helpers for tests: small images and masks, tmpfs mounts, metrics records, a strategy.
 
+A helper module, not a test module.
+"""
+
+import ctypes
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 
@@ -28,3 +34,47 @@ def write_pair(root: Path, image: str, mask: str, **mask_kwargs) -> None:
 
 def names(frame: pd.DataFrame, column="images") -> list[str]:
     return [Path(path).name for path in frame[column]]
+
+
+_MS_RDONLY = 1
+_MS_REMOUNT = 32
+
+
+def mount_tmpfs(target, *, size: str, read_only: bool = False) -> None:
+    """Mounts a size-limited tmpfs in-process (root only); skips the test where it cannot."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    libc = ctypes.CDLL(None, use_errno=True)
+    flags = _MS_RDONLY if read_only else 0
+    result = libc.mount(b"tmpfs", os.fsencode(target), b"tmpfs", flags, f"size={size}".encode())
+    if result != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {os.strerror(ctypes.get_errno())}")
+
+
+def resize_tmpfs(target, *, size: str) -> None:
+    """Grows (or shrinks) a tmpfs of `mount_tmpfs` in place, keeping its files."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    result = libc.mount(
+        b"tmpfs", os.fsencode(target), b"tmpfs", _MS_REMOUNT, f"size={size}".encode()
+    )
+    assert result == 0, os.strerror(ctypes.get_errno())
+
+
+def unmount(target) -> None:
+    """Unmounts what `mount_tmpfs` mounted."""
+    ctypes.CDLL(None, use_errno=True).umount2(os.fsencode(target), 0)
+
+
+def metrics_records(workdir) -> list[dict]:
+    """The records of WORKDIR/metrics.jsonl, read as the trainer reads them."""
+    from trainer import report
+    from trainer import workdir as workdir_lib
+
+    return report.read_metrics(os.path.join(str(workdir), workdir_lib.METRICS_FILE))
+
+
+def one_device():
+    """The CPU as a one-device strategy, as `--strategy=one_device` gives on a CPU machine."""
+    import tensorflow as tf
+
+    return tf.distribute.OneDeviceStrategy("/cpu:0")

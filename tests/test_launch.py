@@ -244,7 +244,8 @@ def test_sigterm_to_one_worker_stops_all_at_the_same_step_with_a_checkpoint(
         for worker in workers:
             worker.kill()
     texts = [log.read_text() for log in logs]
-    assert codes == [0, 0], texts[0][-3000:] + texts[1][-3000:]
+    # Both interrupted and resumable (128 + SIGTERM), the one not signalled too.
+    assert codes == [143, 143], texts[0][-3000:] + texts[1][-3000:]
     stopped = re.search(r"Stopped by SIGTERM at step (\d+);", texts[1])
     assert stopped, texts[1][-3000:]
     step = int(stopped.group(1))
@@ -324,6 +325,8 @@ def test_tfjob_manifest_is_a_tfjob_of_gpu_workers_on_shared_volumes():
     worker = job["spec"]["tfReplicaSpecs"]["Worker"]
     assert set(job["spec"]["tfReplicaSpecs"]) == {"Worker"}  # worker 0 is the chief
     assert worker["replicas"] >= 2
+    # Restart on 128+ (interrupted, resumable), never on a user error (exit 2).
+    assert worker["restartPolicy"] == "ExitCode"
     pod = worker["template"]["spec"]
     (container,) = pod["containers"]
     assert container["name"] == "tensorflow"  # the name the training operator looks for

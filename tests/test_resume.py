@@ -1,7 +1,6 @@
 """Nothing lost: kill -9, SIGTERM, damaged checkpoints, a foreign workdir, divergence."""
 
 import glob
-import json
 import os
 import shutil
 import signal
@@ -14,26 +13,17 @@ from trainer.errors import UserError
 
 import numpy as np
 import pytest
+import tensorflow as tf
+
+from tests.files import metrics_records, mount_tmpfs, one_device, resize_tmpfs, unmount
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_trainer(*args):
-    """Runs `python -m trainer.train ARGS` to success; returns the finished process."""
-    process = subprocess.run(
-        [sys.executable, "-m", "trainer.train", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def _run_to_success(run_module, *args):
+    process = run_module("train", *args)
     assert process.returncode == 0, process.stderr[-4000:]
     return process
-
-
-def read_records(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def _start_trainer(*args):
@@ -70,22 +60,22 @@ def _final_weights(workdir):
 
 @pytest.mark.slow
 def test_kill_9_after_the_second_checkpoint_resumes_to_the_same_weights(
-    tiny_args, synthetic_root, tmp_path
+    run_module, tiny_args, synthetic_root, tmp_path
 ):
     args = [*tiny_args, f"--data_root={synthetic_root}", "--config.train.steps=8"]
     args += ["--config.train.checkpoint_every=2", "--config.train.eval_every=4"]
     reference = str(tmp_path / "reference")
-    run_trainer(*args, f"--workdir={reference}")
+    _run_to_success(run_module, *args, f"--workdir={reference}")
 
     killed = str(tmp_path / "killed")
     process = _start_trainer(*args, f"--workdir={killed}")
     _wait_for(os.path.join(killed, "checkpoints", "ckpt-4.index"), process)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    resumed = run_trainer(*args, f"--workdir={killed}")
+    resumed = _run_to_success(run_module, *args, f"--workdir={killed}")
 
     assert "Resumed from checkpoint at step" in resumed.stderr
-    assert [(r["step"], r["split"]) for r in read_records(killed)] == [
+    assert [(r["step"], r["split"]) for r in metrics_records(killed)] == [
         (s, split) for s in (2, 4, 6, 8) for split in ["train"] + ["valid"] * (s % 4 == 0)
     ]
     # Same seed, same data order and augmentation from the restored step, and
@@ -97,7 +87,9 @@ def test_kill_9_after_the_second_checkpoint_resumes_to_the_same_weights(
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_the_next_start_resumes(tiny_args, synthetic_root, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_the_next_start_resumes(
+    run_module, tiny_args, synthetic_root, tmp_path
+):
     workdir = str(tmp_path / "w")
     args = [*tiny_args, f"--data_root={synthetic_root}", f"--workdir={workdir}"]
     args += ["--config.train.steps=1000", "--config.train.steps_per_execution=1"]
@@ -106,20 +98,18 @@ def test_sigterm_saves_a_checkpoint_and_the_next_start_resumes(tiny_args, synthe
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=300)
 
-    assert process.returncode == 0, stderr[-3000:]
+    # 128 + 15: interrupted and resumable, so that an orchestrator restarts it.
+    assert process.returncode == 143, stderr[-3000:]
     assert "Stopped by SIGTERM at step" in stdout
     stopped_at = int(stdout.split("Stopped by SIGTERM at step ")[1].split(";")[0])
     assert os.path.exists(os.path.join(workdir, "checkpoints", f"ckpt-{stopped_at}.index"))
-    resumed = run_trainer(*args[:-1], "--config.train.steps=" + str(stopped_at + 2))
+    resumed = _run_to_success(run_module, *args[:-1], "--config.train.steps=" + str(stopped_at + 2))
     assert f"Resumed from checkpoint at step {stopped_at}" in resumed.stderr
 
 
 def _train(config, workdir, synthetic_root, **kwargs):
-    import tensorflow as tf
-
-    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     return train.train_and_evaluate(
-        config, workdir=workdir, data_root=str(synthetic_root), strategy=strategy, **kwargs
+        config, workdir=workdir, data_root=str(synthetic_root), strategy=one_device(), **kwargs
     )
 
 
@@ -153,7 +143,7 @@ def test_workdir_of_another_model_is_refused_before_the_data_is_read(
     # A missing data folder: the work directory is checked before any data is read.
     with pytest.raises(UserError, match="holds a run with model.backbone='resnet18'"):
         _train(other, workdir, tmp_path / "no_data_here")
-    assert len(read_records(workdir)) == len(read_records(trained_workdir))  # nothing touched
+    assert len(metrics_records(workdir)) == len(metrics_records(trained_workdir))  # nothing touched
 
 
 @pytest.mark.slow
@@ -166,7 +156,7 @@ def test_overwrite_starts_another_model_afresh(
     caplog.set_level("INFO", logger="absl")
     _train(other, workdir, synthetic_root, overwrite=True)
     assert "Resumed from checkpoint" not in caplog.text
-    assert [r["step"] for r in read_records(workdir)] == [2, 2]
+    assert [r["step"] for r in metrics_records(workdir)] == [2, 2]
 
 
 def test_diverging_float32_run_stops_keeping_the_good_checkpoint(
@@ -178,3 +168,32 @@ def test_diverging_float32_run_stops_keeping_the_good_checkpoint(
     assert "\n" not in str(raised.value)
     # Cleanup ran although the run ended in an error: the stop handler is gone.
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_with_one_line_and_the_same_run_resumes_once_there_is_space(
+    tiny_config, synthetic_root, tmp_path
+):
+    workdir = tmp_path / "tmpfs"
+    workdir.mkdir()
+    # A checkpoint of the tiny run (weights + RectifiedAdam's two slots) is ~140 MB, best
+    # weights ~47 MB: 260 MB hold the run's files at step 2 but not those of step 4.
+    mount_tmpfs(workdir, size="260m")
+    try:
+        config = tiny_config(train__steps=6)
+        with pytest.raises(
+            UserError, match=f"^cannot write {workdir}.*: the disk is full"
+        ) as error:
+            _train(config, str(workdir), synthetic_root)
+        assert "\n" not in str(error.value)
+        saved = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
+        stopped_at = int(saved.model_checkpoint_path.rsplit("-", 1)[1])
+        assert stopped_at >= 2
+
+        resize_tmpfs(workdir, size="2g")  # space freed: the same command goes on
+        resumed = _train(config, str(workdir), synthetic_root)
+        assert resumed["step"] == 6 and resumed["stopped_by"] is None
+        steps = [r["step"] for r in metrics_records(workdir) if r["split"] == "valid"]
+        assert steps == [2, 4, 6]  # nothing lost, nothing twice
+    finally:
+        unmount(workdir)

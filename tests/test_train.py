@@ -6,10 +6,7 @@ import os
 
 import pytest
 
-
-def read_records(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+from tests.files import metrics_records
 
 
 def test_train_then_resume_in_process_reaches_the_step_and_returns_results(trained_run):
@@ -33,7 +30,7 @@ def test_training_writes_the_work_directory_contract(trained_workdir):
 
 
 def test_metrics_records_have_the_contract_fields(trained_workdir):
-    records = read_records(trained_workdir)
+    records = metrics_records(trained_workdir)
     train = [r for r in records if r["split"] == "train"]
     valid = [r for r in records if r["split"] == "valid"]
     assert {"step", "split", "loss", "iou", "fscore", "images_per_sec"} <= set(train[0])
@@ -44,7 +41,7 @@ def test_metrics_records_have_the_contract_fields(trained_workdir):
 
 
 def test_resume_writes_no_duplicate_records_and_the_plan(trained_workdir):
-    steps = [(r["step"], r["split"]) for r in read_records(trained_workdir)]
+    steps = [(r["step"], r["split"]) for r in metrics_records(trained_workdir)]
     assert steps == [(s, split) for s in (2, 4, 6) for split in ("train", "valid")]
     config = json.load(open(os.path.join(trained_workdir, "config.json")))
     assert config["run"]["total_steps"] == 6 and config["model"]["backbone"] == "resnet18"
@@ -70,13 +67,13 @@ def test_validation_pictures_are_written_at_each_evaluation(trained_workdir):
     assert samples == ["step_2.png", "step_4.png", "step_6.png"]
 
 
-def test_the_library_leaves_no_global_state_behind(trained_run):
-    import signal
+def test_exit_status_tells_finished_from_interrupted_and_resumable():
+    from trainer import train
 
-    import tensorflow as tf
-
-    assert tf.keras.mixed_precision.global_policy().name == "float32"
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert train.exit_status({"stopped_by": None}) == 0
+    assert train.exit_status({"stopped_by": "SIGTERM"}) == 143
+    assert train.exit_status({"stopped_by": "SIGINT"}) == 130
+    assert train.exit_status({"stopped_by": "another worker's stop request"}) == 143
 
 
 def test_command_line_trains_on_two_cpu_devices_logs_offline_and_says_where_results_are(
@@ -99,7 +96,7 @@ def test_command_line_trains_on_two_cpu_devices_logs_offline_and_says_where_resu
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert config["run"]["num_replicas"] == 2 and config["run"]["per_replica_batch_size"] == 2
     assert config["run"]["strategy"] == "mirrored"
-    assert [r["step"] for r in read_records(workdir)] == [2, 2]
+    assert [r["step"] for r in metrics_records(workdir)] == [2, 2]
     assert "wandb: offline run" in process.stderr
     runs = os.listdir(os.path.join(workdir, "wandb"))
     assert any(name.startswith("offline-run-") for name in runs), runs

@@ -1,6 +1,5 @@
 """trainer.workdir: atomic writes everywhere, one-line errors for a full or unwritable disk."""
 
-import ctypes
 import errno
 import json
 import os
@@ -15,22 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-_MS_RDONLY = 1
-
-
-def _mount_tmpfs(target, *, size: str, read_only: bool = False) -> None:
-    """Mounts a size-limited tmpfs in-process (root only); skips the test where it cannot."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    libc = ctypes.CDLL(None, use_errno=True)
-    flags = _MS_RDONLY if read_only else 0
-    result = libc.mount(b"tmpfs", os.fsencode(target), b"tmpfs", flags, f"size={size}".encode())
-    if result != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {os.strerror(ctypes.get_errno())}")
-
-
-def _unmount(target) -> None:
-    ctypes.CDLL(None, use_errno=True).umount2(os.fsencode(target), 0)
+from tests.files import mount_tmpfs, unmount
 
 
 @pytest.fixture
@@ -38,9 +22,9 @@ def full_disk(tmp_path):
     """A 1 MiB tmpfs, mounted for the test and unmounted after."""
     target = tmp_path / "tmpfs"
     target.mkdir()
-    _mount_tmpfs(target, size="1m")
+    mount_tmpfs(target, size="1m")
     yield target
-    _unmount(target)
+    unmount(target)
 
 
 @pytest.fixture
@@ -48,9 +32,9 @@ def read_only_disk(tmp_path):
     """A read-only tmpfs, mounted for the test and unmounted after."""
     target = tmp_path / "read_only"
     target.mkdir()
-    _mount_tmpfs(target, size="1m", read_only=True)
+    mount_tmpfs(target, size="1m", read_only=True)
     yield target
-    _unmount(target)
+    unmount(target)
 
 
 def _single_line(error: pytest.ExceptionInfo) -> str:

@@ -10,12 +10,12 @@ flag, then ends in one `error: ...` line on stderr and exit status 2, as a
 Imports no TensorFlow, so that the data tools start fast.
 """
 
-import difflib
 import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from trainer import config_fields
 from trainer.errors import exit_on_user_error
 
 import ml_collections
@@ -24,9 +24,6 @@ from ml_collections import config_flags
 
 CONFIG_FLAG = "config"
 EXIT_USER_ERROR = 2
-# Similarity (difflib ratio) of a misspelled path to the field it names: above the
-# 0.6 default, since a shared group prefix alone ("train.zzz", "train.seed") reaches 0.63.
-_NEAR = 0.8
 # absl's message for a required flag left out.
 _REQUIRED = re.compile(r"Flag --(\S+) must have a value other than None")
 
@@ -209,31 +206,10 @@ def _overrides(argv: list[str]) -> Iterator[tuple[str, str | None]]:
 
 def _missing_field(config: ml_collections.ConfigDict, path: str) -> str | None:
     """'no such field; did you mean ...' when `path` names no field of `config`."""
-    node = config
-    for key in path.split("."):
-        if not isinstance(node, ml_collections.ConfigDict) or key not in node:
-            break
-        node = node[key]
-    else:
+    fields = dict(config_fields.leaves(config))
+    if path in fields or any(field.startswith(f"{path}.") for field in fields):
         return None
-    fields = list(_field_paths(config))
-    nearest = difflib.get_close_matches(path, fields, n=1, cutoff=_NEAR)
-    group = path.split(".", 1)[0]
-    if nearest:
-        fix = f"did you mean --{CONFIG_FLAG}.{nearest[0]}?"
-    elif isinstance(config.get(group), ml_collections.ConfigDict):
-        fix = f"{group} has {', '.join(config[group].keys())}"
-    else:
-        fix = f"the groups are {', '.join(config.keys())}"
-    return f"--{CONFIG_FLAG}.{path}: no such field; {fix}"
-
-
-def _field_paths(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[str]:
-    for key, value in config.items():
-        if isinstance(value, ml_collections.ConfigDict):
-            yield from _field_paths(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}"
+    return f"--{CONFIG_FLAG}.{path}: no such field; {config_fields.nearest_hint(path, fields)}"
 
 
 # What a field of each type takes on the command line.

@@ -13,11 +13,11 @@ made by one of the factories below (`whole`, `number`, `boolean`, `choice`,
 
 import difflib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
+from trainer import config_fields, optim
 from trainer import model as model_lib
-from trainer import optim
 from trainer.data import cache
 from trainer.errors import UserError
 
@@ -25,9 +25,6 @@ import ml_collections
 
 # A field's check: None when the value is fine, else "what is wrong; the fix".
 Check = Callable[[Any], str | None]
-# Similarity (difflib ratio) of a misspelled path to the field it names: above the
-# 0.6 default, since a shared group prefix alone ("train.zzz", "train.seed") reaches 0.63.
-_NEAR = 0.8
 
 
 def _is_whole(value) -> bool:
@@ -252,7 +249,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         UserError: one line `--config.GROUP.FIELD=VALUE: what is wrong; the fix`
             for the first problem found.
     """
-    values = dict(_leaves(config))
+    values = dict(config_fields.leaves(config))
     for path, value in values.items():
         if path not in FIELDS:
             raise UserError(f"--config.{path}={_shown(value)}: {_unknown(path)}")
@@ -272,25 +269,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise UserError(f"--config.{path}={_shown(values[path])}: {problem}")
 
 
-def _leaves(config, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted path, value) of every field below the groups, placeholders resolved."""
-    for key, value in config.items():
-        if isinstance(value, ml_collections.ConfigDict):
-            yield from _leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
 def _unknown(path: str) -> str:
-    nearest = difflib.get_close_matches(path, FIELDS, n=1, cutoff=_NEAR)
-    if nearest:
-        return f"no such field (set by the config file); did you mean --config.{nearest[0]}?"
-    group = path.split(".", 1)[0]
-    siblings = [p.split(".", 1)[1] for p in FIELDS if p.startswith(f"{group}.")]
-    if siblings:
-        return f"no such field (set by the config file); {group} has {', '.join(siblings)}"
-    groups = sorted({p.split(".", 1)[0] for p in FIELDS})
-    return f"no such field (set by the config file); the groups are {', '.join(groups)}"
+    return f"no such field (set by the config file); {config_fields.nearest_hint(path, FIELDS)}"
 
 
 def _shown(value) -> str:

@@ -55,7 +55,8 @@ def _check_tf_config() -> None:
             f"TF_CONFIG is malformed ({type(error).__name__}: {error}); it needs "
             "cluster.worker (a list of host:port) and task.type/task.index"
         ) from None
-    if task.get("type") not in ("worker", "chief") or not 0 <= index < len(workers) + 1:
+    num_tasks = len(workers) if task.get("type") == "worker" else 1
+    if task.get("type") not in ("worker", "chief") or not 0 <= index < num_tasks:
         raise UserError(f"TF_CONFIG task {task} is not a worker of the cluster {workers}")
 
 

@@ -263,8 +263,6 @@ def create_schedule(train_config, total_steps):
         `warmup_steps` and `lr_schedule` ('cosine': to 0 at `total_steps`;
         'constant': the peak after warmup).
       total_steps: number of optimizer steps of the whole run.
-      precision: the run's precision when it differs from `train_config.precision`
-        (the run plan's, e.g. bfloat16 on a TPU).
 
     Returns:
       A `tf.keras.optimizers.schedules.LearningRateSchedule` of the optimizer's

@@ -10,11 +10,12 @@ photo NAME.ext the output folder gets
   NAME_mask.png     0/255 at the photo's original size
   NAME_overlay.png  the photo with the mask tinted over it and its contour drawn
 
-Photos are decoded as training decodes them (TensorFlow, EXIF orientation not
-applied), resized to the model's size in a tf.data pipeline, predicted in
-batches, and the probabilities resized back before thresholding. A photo that
-cannot be read is skipped with a warning naming it; the run fails (exit 1)
-only when no photo could be read.
+Photos are decoded as training decodes them (TensorFlow, turned upright by
+their EXIF orientation: masks and overlays are in the upright frame), resized
+to the model's size in a tf.data pipeline, predicted in batches, and the
+probabilities resized back before thresholding. A photo that cannot be read
+is skipped with a warning naming it; the run fails (exit 1) only when no photo
+could be read.
 """
 
 import collections

@@ -35,9 +35,13 @@ class MetricsWriter:
         """Removes records past `step`: a resumed run rewrites them, without duplicates."""
         if not self._enabled or not tf.io.gfile.exists(self._path):
             return
+        with tf.io.gfile.GFile(self._path, "r") as f:
+            num_lines = sum(1 for line in f.read().splitlines() if line.strip())
         records = read_metrics(self._path)
         kept = [r for r in records if r["step"] <= step]
-        if len(kept) != len(records):
+        # Also rewritten when a line was torn (a run killed mid-write, a full disk):
+        # the next record appended to it would be lost with it.
+        if len(kept) != num_lines:
             workdir_lib.write_text(self._path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, step: int, split: str, values: dict) -> None:

@@ -12,6 +12,8 @@ notebooks call directly.
 
 import os
 import shutil
+import signal
+import sys
 import tempfile
 import time
 
@@ -40,6 +42,14 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
+# What a multi-worker run's collectives raise when a peer is gone.
+LOST_PEER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.CancelledError,
+    tf.errors.AbortedError,
+)
+EXIT_LOST_WORKER = 128 + signal.SIGHUP  # 129: the other end hung up
 cli.define_config_flag()
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports.")
 flags.DEFINE_string("data_root", None, "Data set folder (Images/ + Masks/, or train/ + valid/).")
@@ -53,13 +63,45 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     distribute.configure_cpu_devices(FLAGS.num_cpu_devices)
     strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
-    train_and_evaluate(
-        FLAGS.config,
-        workdir=FLAGS.workdir,
-        data_root=FLAGS.data_root,
-        strategy=strategy,
-        overwrite=FLAGS.overwrite,
-    )
+    try:
+        results = train_and_evaluate(
+            FLAGS.config,
+            workdir=FLAGS.workdir,
+            data_root=FLAGS.data_root,
+            strategy=strategy,
+            overwrite=FLAGS.overwrite,
+        )
+    except LOST_PEER_ERRORS as error:
+        if distribute.num_workers(strategy) == 1:
+            raise
+        # A worker killed outright fails the others' next collective: retryable,
+        # unlike a traceback's exit 1, which `restartPolicy: ExitCode` leaves stopped.
+        reason = (getattr(error, "message", None) or str(error)).splitlines()[0][:200]
+        print(
+            f"error: lost contact with another worker ({type(error).__name__}: {reason}); "
+            "start every worker again with the same command to resume from the last checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(EXIT_LOST_WORKER)
+    status = exit_status(results)
+    if status:
+        sys.exit(status)
+
+
+def exit_status(results: dict) -> int:
+    """The process's exit status for a run's results (README, "Exit statuses").
+
+    0 when the run finished; 128 + the signal when it was interrupted after
+    saving its checkpoint (143 for SIGTERM, 130 for Ctrl-C; a worker stopped
+    with the others counts as SIGTERM), so that orchestrators restart it
+    (Kubernetes' `restartPolicy: ExitCode` restarts on 128 or more).
+    """
+    stopped_by = results["stopped_by"]
+    if stopped_by is None:
+        return 0
+    signum = signal.Signals.__members__.get(stopped_by, signal.SIGTERM)
+    return 128 + int(signum)
 
 
 def train_and_evaluate(
@@ -96,8 +138,8 @@ def train_and_evaluate(
     config_check.validate(config)
     cache_dir = data_cache.cache_dir(config.data, workdir)
     is_chief = distribute.is_chief(strategy)
-    if is_chief:
-        workdir_lib.check_workdir(workdir, config, overwrite=overwrite)
+    if is_chief and not overwrite:
+        workdir_lib.check_workdir(workdir, config, overwrite=False)
     distribute.describe(strategy)
 
     # --- Data -------------------------------------------------------------------
@@ -109,9 +151,9 @@ def train_and_evaluate(
     _log_summary(config, plan, train_rows, valid_rows)
     local_replicas = max(1, plan["num_replicas"] // distribute.num_workers(strategy))
     num_parallel_calls, _ = pipeline.pipeline_parallelism(config.data, local_replicas)
+    shard = distribute.input_shard(strategy)
     if cache_dir is not None:
         # Each input pipeline reads only its shard: this process caches that one.
-        shard = distribute.input_shard(strategy)
         train_rows, valid_rows = (
             data_cache.ensure_cached(
                 rows,
@@ -122,6 +164,11 @@ def train_and_evaluate(
             )
             for rows in (train_rows, valid_rows)
         )
+
+    if is_chief and overwrite:
+        # Only now that the data and the plan are known good: a mistyped flag
+        # must not cost the previous run.
+        workdir_lib.check_workdir(workdir, config, overwrite=True)
 
     # --- Model, optimizer, state ----------------------------------------------
     trainee = loop.build_trainee(config, strategy, plan)
@@ -150,6 +197,8 @@ def train_and_evaluate(
     # Resume order: restore the step first, then start the data stream after the
     # examples that step has consumed (file names only are skipped, nothing decoded).
     def train_input(input_context):
+        if cache_dir is not None:
+            _check_shard(input_context, shard)
         examples_per_pipeline = plan["global_batch_size"] // input_context.num_input_pipelines
         return pipeline.make_dataset(
             train_rows,
@@ -232,17 +281,23 @@ def train_and_evaluate(
         if step < total_steps:
             results["stopped_by"] = stop.signal_name or "another worker's stop request"
             results.update(best=best_lib.read_best(save_dir), export_dir=None)
-            _say(
+            message = (
                 f"Stopped by {results['stopped_by']} at step {step}; the checkpoint is saved: "
                 "run the same command again to resume"
             )
+            logging.warning("%s", message)
+            print(message, flush=True)
             return results
         results.update(_finish(save_dir, trainee.model, is_chief=is_chief))
         return results
     finally:
-        stop.uninstall()
-        bar.close()
-        writer.close()
+        # A failing cleanup (a flush on a full disk) must not replace the error
+        # that brought the run here: it is logged instead.
+        for cleanup in (stop.uninstall, bar.close, writer.close):
+            try:
+                cleanup()
+            except Exception as error:  # noqa: BLE001
+                logging.warning("Cleanup %s failed: %s", cleanup.__qualname__, error)
         if not is_chief:
             shutil.rmtree(save_dir, ignore_errors=True)
 
@@ -262,28 +317,33 @@ def _finish(save_dir: str, model: tf.keras.Model, *, is_chief: bool) -> dict:
     if not is_chief:
         return {"best": record, "export_dir": None}
     curves = report.plot_curves(save_dir)
+    tensorboard_dir = os.path.join(save_dir, workdir_lib.TENSORBOARD_DIR)
     summary = (
         f"best valid IoU {record['iou']:.4f} at step {record['step']}"
         if record
         else "no evaluation"
     )
     logging.info("Training done: %s", summary)
-    _say(
+    print(
         f"Training done: {summary}.\n"
         f"  results:     {os.path.abspath(save_dir)}\n"
         f"  SavedModel:  {export_dir}\n"
         f"  metrics:     {os.path.join(save_dir, workdir_lib.METRICS_FILE)}\n"
         f"  curves:      {curves}\n"
-        f"  TensorBoard: tensorboard --logdir {os.path.join(save_dir, workdir_lib.TENSORBOARD_DIR)}"
+        f"  TensorBoard: tensorboard --logdir {tensorboard_dir}",
+        flush=True,
     )
     return {"best": record, "export_dir": export_dir}
 
 
-def _say(message: str) -> None:
-    """A line for the user on stdout (and, when it is a warning, in the log)."""
-    if message.startswith("Stopped"):
-        logging.warning("%s", message)
-    print(message, flush=True)
+def _check_shard(input_context: tf.distribute.InputContext, shard: tuple[int, int]) -> None:
+    """The cache was built for the input pipeline that TensorFlow hands this process."""
+    given = (input_context.input_pipeline_id, input_context.num_input_pipelines)
+    if given != shard:
+        raise AssertionError(
+            f"the data cache was built for input pipeline {shard[0]} of {shard[1]}, "
+            f"but TensorFlow gives this process pipeline {given[0]} of {given[1]}"
+        )
 
 
 def _log_summary(config, plan, train_rows, valid_rows) -> None:

@@ -81,6 +81,8 @@ def make_dataset(
         frame: manifest rows with absolute `images` and `masks` paths and a `group`;
             with a `cached` column (`cache.ensure_cached` for the same input
             pipeline), the pairs are read from the cache instead of decoded.
+            `data_config.cache` is not read here: `train.train_and_evaluate`
+            builds the cache; a loop of your own calls `ensure_cached` first.
         data_config: the config's `data` group (image_size, batch_size, balanced,
             augment, num_parallel_calls, prefetch_batches).
         input_context: from `strategy.distribute_datasets_from_function`; None
