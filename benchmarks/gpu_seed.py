@@ -31,13 +31,14 @@ import re
 import time
 
 import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from trainer import cli
 
-from absl import app, flags
+from absl import flags
 
 from benchmarks import measure, report, runner
 
 runner.define_common_flags()
-runner.define_config_flag("configs/nail_unet_effb4.py", "Config file (the seed's by default).")
+runner.define_config_flag("configs/nail_unet_effb4.py")
 runner.define_timing_flags(warmup_calls=2)
 flags.DEFINE_list(
     "variants",
@@ -211,4 +212,4 @@ def _judge(rows: list[dict], flops: int | None, batch: int, gpu: str | None):
 
 
 if __name__ == "__main__":
-    app.run(runner.main(run_parent, run_child, quick=_QUICK))
+    cli.run(runner.main(run_parent, run_child, quick=_QUICK))

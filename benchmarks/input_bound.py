@@ -27,8 +27,9 @@ Each variant runs in its own process; TensorFlow is imported in the child only.
 import os
 
 import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from trainer import cli
 
-from absl import app, flags
+from absl import flags
 
 from benchmarks import measure, report, runner
 
@@ -132,4 +133,4 @@ def run_parent() -> int:
 
 
 if __name__ == "__main__":
-    app.run(runner.main(run_parent, run_child, quick=_QUICK))
+    cli.run(runner.main(run_parent, run_child, quick=_QUICK))

@@ -35,10 +35,11 @@ which runs no variant, stays free of it.
 import multiprocessing
 import time
 
+from trainer import cli
 from trainer.data import augment
 
 import albumentations as A
-from absl import app, flags
+from absl import flags
 
 from benchmarks import measure, report, runner
 from configs import nail_unet_effb4
@@ -265,4 +266,4 @@ def _judge(rows: list[dict], sizes: list[int]):
 
 
 if __name__ == "__main__":
-    app.run(runner.main(run_parent, run_child, quick=_QUICK))
+    cli.run(runner.main(run_parent, run_child, quick=_QUICK))

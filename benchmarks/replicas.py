@@ -22,8 +22,9 @@ TensorFlow is imported in the children only.
 """
 
 import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from trainer import cli
 
-from absl import app, flags
+from absl import flags
 
 from benchmarks import measure, report, runner
 
@@ -131,4 +132,4 @@ def run_parent() -> int:
 
 
 if __name__ == "__main__":
-    app.run(runner.main(run_parent, run_child, quick=_QUICK))
+    cli.run(runner.main(run_parent, run_child, quick=_QUICK))

@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from trainer import cli
 from trainer.data import synthetic
 
 import ml_collections
@@ -70,9 +71,9 @@ def define_common_flags() -> None:
     )
 
 
-def define_config_flag(default: str, help_text: str = "Config file (configs/NAME.py).") -> None:
-    """Defines `--config=configs/NAME.py`, with `--config.a.b=value` overrides."""
-    config_flags.DEFINE_config_file("config", default, help_text)
+def define_config_flag(default: str) -> None:
+    """Defines `--config=configs/NAME.py` as every entry point does (`trainer.cli`)."""
+    cli.define_config_flag(default)
 
 
 def define_timing_flags(*, warmup_calls: int, calls: int | None = None) -> None:

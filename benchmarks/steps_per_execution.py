@@ -17,6 +17,7 @@ TensorFlow is imported in the child only.
 import time
 
 import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from trainer import cli
 
 from absl import app, flags
 
@@ -115,4 +116,4 @@ def run_parent() -> int:
 
 
 if __name__ == "__main__":
-    app.run(runner.main(run_parent, run_child, quick=_QUICK))
+    cli.run(runner.main(run_parent, run_child, quick=_QUICK))
