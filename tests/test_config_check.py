@@ -3,7 +3,6 @@
 import glob
 import importlib
 import os
-import subprocess
 import sys
 
 import trainer  # noqa: F401
@@ -248,29 +247,15 @@ def test_distribution_flags_offer_tpu_only_when_it_is_a_choice():
     assert "tpu" not in some and {"strategy", "num_cpu_devices"} <= set(some)
 
 
-def _train_uses_cli() -> bool:
-    with open(os.path.join(REPO, "trainer", "train.py")) as f:
-        return "cli.run(" in f.read()
-
-
-@pytest.mark.skipif(not _train_uses_cli(), reason="trainer/train.py does not call cli.run yet")
-def test_train_command_with_a_misspelled_field_exits_2_in_one_line(tmp_path):
-    process = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainer.train",
-            "--config=configs/demo_cpu.py",
-            "--config.train.learning_rat=0.1",
-            f"--data_root={tmp_path / 'data'}",
-            f"--workdir={tmp_path / 'work'}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+def test_train_command_with_a_misspelled_field_exits_2_in_one_line(
+    run_module, assert_one_error_line, tmp_path
+):
+    process = run_module(
+        "train",
+        "--config=configs/demo_cpu.py",
+        "--config.train.learning_rat=0.1",
+        f"--data_root={tmp_path / 'data'}",
+        f"--workdir={tmp_path / 'work'}",
         timeout=300,
     )
-    assert process.returncode == 2, process.stderr[-3000:]
-    assert "Traceback" not in process.stderr
-    lines = [line for line in process.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and "--config.train.learning_rate?" in lines[0], process.stderr[-3000:]
+    assert_one_error_line(process, "--config.train.learning_rate?")

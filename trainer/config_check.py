@@ -35,17 +35,22 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _outside(value, minimum, maximum) -> str | None:
+    """The problem of `value` against inclusive bounds (each optional), or None."""
+    if minimum is not None and value < minimum:
+        return f"must be at least {minimum}; give {minimum} or more"
+    if maximum is not None and value > maximum:
+        return f"must be at most {maximum}; give {maximum} or less"
+    return None
+
+
 def whole(*, minimum: int | None = None, maximum: int | None = None) -> Check:
     """A whole number within `minimum..maximum` (each bound optional, inclusive)."""
 
     def check(value):
         if not _is_whole(value):
             return "not a whole number; give one, e.g. 1"
-        if minimum is not None and value < minimum:
-            return f"must be at least {minimum}; give {minimum} or more"
-        if maximum is not None and value > maximum:
-            return f"must be at most {maximum}; give {maximum} or less"
-        return None
+        return _outside(value, minimum, maximum)
 
     return check
 
@@ -68,11 +73,7 @@ def number(
             return f"must be above {above}; give a larger value"
         if below is not None and value >= below:
             return f"must be below {below}; give a smaller value"
-        if minimum is not None and value < minimum:
-            return f"must be at least {minimum}; give {minimum} or more"
-        if maximum is not None and value > maximum:
-            return f"must be at most {maximum}; give {maximum} or less"
-        return None
+        return _outside(value, minimum, maximum)
 
     return check
 

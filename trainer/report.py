@@ -35,13 +35,11 @@ class MetricsWriter:
         """Removes records past `step`: a resumed run rewrites them, without duplicates."""
         if not self._enabled or not tf.io.gfile.exists(self._path):
             return
-        with tf.io.gfile.GFile(self._path, "r") as f:
-            num_lines = sum(1 for line in f.read().splitlines() if line.strip())
-        records = read_metrics(self._path)
-        kept = [r for r in records if r["step"] <= step]
+        lines = _lines(self._path)
+        kept = [r for r in _parse(lines, self._path) if r["step"] <= step]
         # Also rewritten when a line was torn (a run killed mid-write, a full disk):
         # the next record appended to it would be lost with it.
-        if len(kept) != num_lines:
+        if len(kept) != sum(1 for line in lines if line.strip()):
             workdir_lib.write_text(self._path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, step: int, split: str, values: dict) -> None:
@@ -79,9 +77,16 @@ def _number(value):
 
 def read_metrics(path: str) -> list[dict]:
     """Reads metrics.jsonl records, skipping a torn last line of a killed run."""
-    records = []
+    return _parse(_lines(path), path)
+
+
+def _lines(path: str) -> list[str]:
     with tf.io.gfile.GFile(path, "r") as f:
-        lines = f.read().splitlines()
+        return f.read().splitlines()
+
+
+def _parse(lines: list[str], path: str) -> list[dict]:
+    records = []
     for line in lines:
         try:
             records.append(json.loads(line))
