@@ -312,5 +312,54 @@ def synthetic_data(num_images: int, image_px: int, *, seed: int = 0) -> Path:
     return root
 
 
+def real_photo_sets(data_root: str, count: int, phone_size: tuple[int, int]) -> dict[str, Path]:
+    """The first `count` pairs of a real data set's train/ split, at their own size and a phone's.
+
+    Neither set copies the user's data into the repository: the own-size set
+    links to the original files, and the upscaled one (photos resized to
+    `phone_size` (width, height), bicubic, saved as JPEG quality 90 like a
+    phone camera; masks nearest-neighbour PNG) is written to the system's temp
+    folder, or to `--data_dir` when given.
+
+    Returns:
+        `{set name: folder}`, each folder holding one `part0/` in the layout
+        `harness.data_frame` reads.
+    """
+    from trainer.data import layout
+
+    from PIL import Image  # only the real-photo sets need it
+
+    pairs = layout.scan(Path(data_root) / "train").pairs.head(count)
+    name = Path(data_root).resolve().name
+    base = Path(FLAGS.data_dir).resolve() if FLAGS.data_dir else Path(tempfile.gettempdir())
+    base = base / "segmentation-benchmarks"
+    width, height = phone_size
+    own = base / f"real_{name}_own_{count}"
+    phone = base / f"real_{name}_{width}x{height}_{count}"
+    for root in (own, phone):
+        if (root / _DATA_COMPLETE).exists():
+            continue
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"  writing {count} photos of {name} to {root} ...", flush=True)
+        for column in ("images", "masks"):
+            (root / "part0" / column).mkdir(parents=True)
+        for image_path, mask_path in zip(pairs["images"], pairs["masks"]):
+            image_to = root / "part0" / "images" / Path(image_path).name
+            mask_to = root / "part0" / "masks" / (Path(mask_path).stem + ".png")
+            if root == own:
+                image_to.symlink_to(Path(image_path).resolve())
+                mask_to = mask_to.with_suffix(Path(mask_path).suffix)
+                mask_to.symlink_to(Path(mask_path).resolve())
+                continue
+            with Image.open(image_path) as photo:
+                photo.convert("RGB").resize(phone_size, Image.BICUBIC).save(
+                    image_to.with_suffix(".jpg"), quality=90
+                )
+            with Image.open(mask_path) as mask:
+                mask.convert("L").resize(phone_size, Image.NEAREST).save(mask_to)
+        (root / _DATA_COMPLETE).write_text(f"{len(pairs)} pairs\n")
+    return {f"{name}, own size": own, f"{name}, {width}x{height}": phone}
+
+
 def _data_dir() -> Path:
     return Path(FLAGS.data_dir).resolve() if FLAGS.data_dir else DATA_DIR

@@ -38,6 +38,7 @@ def names(frame: pd.DataFrame, column="images") -> list[str]:
 
 _MS_RDONLY = 1
 _MS_REMOUNT = 32
+_MNT_DETACH = 2  # lazy: a file TensorFlow still holds open must not keep the mount
 
 
 def mount_tmpfs(target, *, size: str, read_only: bool = False) -> None:
@@ -61,8 +62,8 @@ def resize_tmpfs(target, *, size: str) -> None:
 
 
 def unmount(target) -> None:
-    """Unmounts what `mount_tmpfs` mounted."""
-    ctypes.CDLL(None, use_errno=True).umount2(os.fsencode(target), 0)
+    """Unmounts what `mount_tmpfs` mounted, also while a file in it is still open."""
+    ctypes.CDLL(None, use_errno=True).umount2(os.fsencode(target), _MNT_DETACH)
 
 
 def metrics_records(workdir) -> list[dict]:

@@ -1,5 +1,7 @@
 """Decoding files to pixels: masks of every format and value convention, resizing."""
 
+import io
+
 import trainer  # noqa: F401
 from trainer.data import decode
 
@@ -50,3 +52,61 @@ def test_masks_in_any_format_tensorflow_reads_decode_alike(tmp_path, name, mode)
     Image.fromarray(pixels).convert(mode).save(tmp_path / name, lossless=True)
     decoded = decode.decode_mask(tf.constant(str(tmp_path / name))).numpy()
     np.testing.assert_array_equal(decoded[..., 0], pixels // 255)
+
+
+def _jpeg(pixels: np.ndarray) -> tf.Tensor:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
+    return tf.constant(buffer.getvalue())
+
+
+def _smooth_photo(height: int, width: int) -> np.ndarray:
+    rows, cols = np.mgrid[0:height, 0:width]
+    red = 127 + 100 * np.sin(rows / 23.0) * np.cos(cols / 31.0)
+    green = 255 * cols / width
+    blue = 255 * rows / height
+    return np.stack([red, green, blue], -1).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "height, width, size_px, halvings",
+    [
+        (100, 150, 64, 0),
+        (128, 200, 64, 1),
+        (256, 300, 64, 2),
+        (600, 520, 64, 3),
+        (2000, 600, 64, 3),
+    ],
+)
+def test_jpegs_are_halved_while_their_short_side_stays_at_least_the_model_size(
+    height, width, size_px, halvings
+):
+    data = _jpeg(_smooth_photo(height, width))
+
+    assert decode.jpeg_scale_halvings(data, size_px) == halvings
+    image = decode.decode_image_for_model(data, size_px)
+    assert min(image.shape[:2]) >= size_px
+    assert image.shape[:2] == (-(-height // 2**halvings), -(-width // 2**halvings))
+    np.testing.assert_array_equal(decode.upright_size(data, image), [height, width])
+
+
+def test_the_model_sees_a_reduced_jpeg_as_it_would_see_the_whole_photo():
+    data = _jpeg(_smooth_photo(520, 640))
+
+    reduced = decode.resize_image(decode.decode_image_for_model(data, 64), 64).numpy()
+    whole = decode.resize_image(decode.decode_image_bytes(data), 64).numpy()
+
+    difference = np.abs(reduced.astype(int) - whole.astype(int))
+    assert difference.mean() < 1.5 and difference.max() <= 8
+
+
+def test_other_formats_are_decoded_whole(tmp_path):
+    pixels = _smooth_photo(300, 260)
+    path = tmp_path / "photo.png"
+    Image.fromarray(pixels).save(path)
+    data = tf.io.read_file(str(path))
+
+    image = decode.decode_image_for_model(data, 64).numpy()
+
+    np.testing.assert_array_equal(image, pixels)
+    np.testing.assert_array_equal(decode.upright_size(data, image), [300, 260])

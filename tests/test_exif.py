@@ -219,3 +219,14 @@ def test_orientation_in_graphs(tmp_path):
         assert orientation.numpy() == want
         assert image.shape == (12, 20, 3)  # upright, whatever the stored frame
     assert dataset.element_spec[1].shape.as_list() == [None, None, 3]
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 8])
+def test_a_large_tagged_jpeg_decoded_reduced_is_upright_at_its_full_size(orientation):
+    upright = _upright(96, 160)  # 3x a model of 32 px on its short side: decoded at 1/2
+    data = tf.constant(_tagged_jpeg(upright, orientation))
+
+    reduced = decode.decode_image_for_model(data, 32).numpy()
+
+    _assert_close(reduced, upright[::2, ::2])
+    np.testing.assert_array_equal(decode.upright_size(data, reduced), [96, 160])

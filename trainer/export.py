@@ -81,9 +81,7 @@ def calibration_rows(trained: inference.TrainedModel, data_root: str | None) -> 
 def calibration_images(rows: pd.DataFrame, size_px: int, count: int) -> np.ndarray:
     """float32 `[n, size_px, size_px, 3]` in 0..1: up to `count` rows spread over the manifest."""
     chosen = np.unique(np.linspace(0, len(rows) - 1, num=min(count, len(rows))).round().astype(int))
-    images = [
-        decode.resize_image(decode.decode_image(rows["images"].iloc[i]), size_px) for i in chosen
-    ]
+    images = [decode.load_image(rows["images"].iloc[i], size_px) for i in chosen]
     return np.stack([image.numpy() for image in images]).astype(np.float32) / 255.0
 
 

@@ -110,8 +110,11 @@ def make_photo_dataset(paths: list[str], size_px: int, photos_per_batch: int) ->
     """
 
     def load(index, path):
-        photo = decode.decode_image(path)
-        return index, photo, tf.shape(photo)[:2], decode.resize_image(photo, size_px)
+        encoded = tf.io.read_file(path)
+        photo = decode.decode_image_bytes(encoded)  # whole, for the overlay
+        # The network's input is made as in training (a large JPEG decoded reduced).
+        resized = decode.resize_image(decode.decode_image_for_model(encoded, size_px), size_px)
+        return index, photo, tf.shape(photo)[:2], resized
 
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -66,8 +66,9 @@ def make_signatures(model: tf.keras.Model) -> dict:
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_encoded(image_bytes):
         def decode_one(data):
-            image = decode.decode_image_bytes(data)  # upright: EXIF orientation applied
-            return decode.resize_image(image, size_px), tf.shape(image)[:2]
+            # Upright (EXIF orientation); a large JPEG decoded reduced, as in training.
+            image = decode.decode_image_for_model(data, size_px)
+            return decode.resize_image(image, size_px), decode.upright_size(data, image)
 
         # Photos of different sizes cannot be stacked: each is decoded and resized
         # to the model's size alone, the network runs on the stacked batch, and

@@ -38,7 +38,7 @@ from absl import logging
 
 MODES = ("none", "disk")
 # Bump when the decode/resize code changes what a cached pair holds.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 _SUFFIX = ".pair"
 _LOG_EVERY_S = 15.0
 # The column `ensure_cached` adds to a manifest: each row's cache file.

@@ -24,6 +24,8 @@ _MAX_SEGMENTS = 32
 _MAX_IFD_ENTRIES = 256
 _ORIENTATION_TAG = 0x0112
 _EXIF_HEADER = list(b"Exif\0\0")
+# libjpeg can decode at 1/2, 1/4 and 1/8 of the size (tf.io.decode_jpeg's `ratio`).
+_MAX_DCT_HALVINGS = 3
 
 
 # A graph, also when called eagerly: the data check decodes in threads, and an
@@ -122,6 +124,70 @@ def decode_image_bytes(encoded: tf.Tensor) -> tf.Tensor:
     return apply_orientation(image, exif_orientation(encoded))
 
 
+def is_jpeg(encoded: tf.Tensor) -> tf.Tensor:
+    """A bool scalar: the bytes start with a JPEG's start-of-image marker."""
+    return tf.equal(tf.strings.substr(encoded, 0, 2), b"\xff\xd8")
+
+
+def jpeg_scale_halvings(encoded: tf.Tensor, min_side: int) -> tf.Tensor:
+    """How often (0-3) a JPEG can be halved while its short side stays >= `min_side`.
+
+    Reads the frame header only (`tf.image.extract_jpeg_shape`); the bytes must be a JPEG.
+    """
+    stored_shape = tf.image.extract_jpeg_shape(encoded)
+    short_side = tf.minimum(stored_shape[0], stored_shape[1])
+    fits = [short_side >= 2**halvings * min_side for halvings in range(1, _MAX_DCT_HALVINGS + 1)]
+    return tf.reduce_sum(tf.cast(tf.stack(fits), tf.int32))
+
+
+def _decode_reduced_jpeg(encoded: tf.Tensor, min_side: int) -> tf.Tensor:
+    """A JPEG decoded at the smallest DCT scale that keeps its short side >= `min_side`."""
+    branches = [
+        lambda ratio=2**halvings: tf.io.decode_jpeg(encoded, channels=3, ratio=ratio)
+        for halvings in range(_MAX_DCT_HALVINGS + 1)
+    ]
+    return tf.switch_case(jpeg_scale_halvings(encoded, min_side), branches)
+
+
+def upright_size(encoded: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
+    """The photo's full upright `[height, width]` (int32), even when `image` was decoded reduced.
+
+    Args:
+        encoded: the file's bytes.
+        image: the pixels `decode_image_for_model` made of them.
+    """
+    if_jpeg = lambda: tf.image.extract_jpeg_shape(encoded)[:2]  # noqa: E731
+    stored = tf.cond(is_jpeg(encoded), if_jpeg, lambda: tf.shape(image)[:2])
+    # The reduced pixels were turned upright already; the header's size is as stored.
+    turned = exif_orientation(encoded) >= 5
+    return tf.where(turned & is_jpeg(encoded), tf.reverse(stored, [0]), stored)
+
+
+def decode_image_for_model(encoded: tf.Tensor, size_px: int) -> tf.Tensor:
+    """Decodes an image's bytes upright for a model of `size_px`: as few pixels as suffice.
+
+    A JPEG whose short side is at least twice `size_px` is decoded by libjpeg at
+    1/2, 1/4 or 1/8 of its size (scaling inside the inverse DCT: far fewer
+    pixels to make, and itself an antialiased reduction), keeping its short
+    side >= `size_px`; `resize_image` then brings it to the model's size.
+    Other photos are decoded whole.
+
+    Returns:
+        uint8 `[height, width, 3]`, upright by the EXIF orientation.
+    """
+    image = tf.cond(
+        is_jpeg(encoded),
+        lambda: _decode_reduced_jpeg(encoded, size_px),
+        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
+    )
+    return apply_orientation(tf.ensure_shape(image, [None, None, 3]), exif_orientation(encoded))
+
+
+def load_image(path: tf.Tensor, size_px: int) -> tf.Tensor:
+    """Reads an image file as the model sees it: uint8 `[size_px, size_px, 3]`, upright."""
+    return resize_image(decode_image_for_model(tf.io.read_file(path), size_px), size_px)
+
+
 def decode_image(path: tf.Tensor) -> tf.Tensor:
     """Reads an image file as uint8 `[height, width, 3]` (grayscale/RGBA converted).
 
@@ -184,10 +250,13 @@ def resize_pair(image: tf.Tensor, mask: tf.Tensor, size_px: int):
     Returns:
         uint8 image `[size_px, size_px, 3]`, uint8 mask `[size_px, size_px, 1]` in {0, 1}.
     """
-    image = resize_image(image, size_px)
+    return resize_image(image, size_px), resize_mask(mask, size_px)
+
+
+def resize_mask(mask: tf.Tensor, size_px: int) -> tf.Tensor:
+    """Resizes a {0, 1} mask `[h, w, 1]` to `[size_px, size_px, 1]` (bilinear, re-binarised)."""
     mask = tf.image.resize(tf.cast(mask, tf.float32), [size_px, size_px])
-    mask = tf.cast(mask >= 0.5, tf.uint8)
-    return image, mask
+    return tf.cast(mask >= 0.5, tf.uint8)
 
 
 def load_pair(image_path: tf.Tensor, mask_path: tf.Tensor, size_px: int):
@@ -196,7 +265,7 @@ def load_pair(image_path: tf.Tensor, mask_path: tf.Tensor, size_px: int):
     Returns:
         uint8 image `[size_px, size_px, 3]`, uint8 mask `[size_px, size_px, 1]` in {0, 1}.
     """
-    return resize_pair(decode_image(image_path), decode_mask(mask_path), size_px)
+    return load_image(image_path, size_px), resize_mask(decode_mask(mask_path), size_px)
 
 
 def to_model_inputs(image: tf.Tensor, mask: tf.Tensor):
