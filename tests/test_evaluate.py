@@ -41,7 +41,7 @@ def valid_rows(synthetic_root):
     return manifest.read_manifests(synthetic_root)[1]
 
 
-def _count_in_process(model_path, rows, global_batch_size):
+def _count_in_process(model_path, rows, global_batch_size, resolution="photo"):
     from trainer import evaluate, inference
 
     import tensorflow as tf
@@ -49,7 +49,9 @@ def _count_in_process(model_path, rows, global_batch_size):
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     with strategy.scope():
         trained = inference.load_trained_model(model_path)
-    return evaluate.count_confusions(trained, rows, strategy, global_batch_size=global_batch_size)
+    return evaluate.count_confusions(
+        trained, rows, strategy, global_batch_size=global_batch_size, resolution=resolution
+    )
 
 
 def test_cli_writes_the_summary_and_per_image_table(mirrored_run, valid_rows):
@@ -57,7 +59,8 @@ def test_cli_writes_the_summary_and_per_image_table(mirrored_run, valid_rows):
     num_images = len(valid_rows)
     assert num_images % 4, "the test needs a valid set that is not a multiple of the batch"
     assert summary["num_images"] == num_images == len(table)
-    assert set(summary["iou_at_threshold"]) == {"0.3", "0.4", "0.5", "0.6", "0.7"}
+    assert summary["resolution"] == "photo"
+    assert set(summary["iou_at_threshold"]) == {f"0.{k}" for k in range(1, 10)}
     assert summary["iou_at_threshold"]["0.5"] == summary["iou"]
     assert summary["iou_at_threshold"][f"{summary['best_threshold']:.1f}"] == max(
         summary["iou_at_threshold"].values()
@@ -81,13 +84,58 @@ def test_every_pixel_is_counted_once(mirrored_run, valid_rows):
     from trainer.data import decode
 
     _, summary, table = mirrored_run
-    true_area = {}
-    for image, mask in zip(valid_rows["images"], valid_rows["masks"]):
-        decoded = decode.decode_mask(mask)
-        _, resized = decode.resize_pair(decode.decode_image(image), decoded, 64)
-        true_area[image] = int(resized.numpy().sum())
+    true_area = {
+        image: int(decode.decode_mask(mask).numpy().sum())
+        for image, mask in zip(valid_rows["images"], valid_rows["masks"])
+    }
     assert dict(zip(table["path"], table["true_area"])) == true_area
     assert summary["tp"] + summary["fn"] == sum(true_area.values())
+
+
+def test_photos_of_other_sizes_are_counted_at_their_own_size(workdir, valid_rows, tmp_path):
+    """Each photo enlarged to its own size (mixed proportions): its mask's pixels, all of them."""
+    from trainer import evaluate
+
+    import cv2
+
+    rows = valid_rows.copy()
+    sizes = [(96, 80), (64, 150), (121, 67)]  # (width, height), none the model's 64 x 64
+    true_area, all_pixels = [], 0
+    for k, (image, mask) in enumerate(zip(valid_rows["images"], valid_rows["masks"])):
+        size = sizes[k % len(sizes)]
+        big_image = cv2.resize(cv2.imread(image), size, interpolation=cv2.INTER_LINEAR)
+        big_mask = cv2.resize(
+            cv2.imread(mask, cv2.IMREAD_GRAYSCALE), size, interpolation=cv2.INTER_NEAREST
+        )
+        rows.loc[k, "images"] = str(tmp_path / f"{k}.png")
+        rows.loc[k, "masks"] = str(tmp_path / f"{k}_mask.png")
+        cv2.imwrite(rows.loc[k, "images"], big_image)
+        cv2.imwrite(rows.loc[k, "masks"], big_mask)
+        true_area.append(int((big_mask > 127).sum()))
+        all_pixels += size[0] * size[1]
+
+    counts = _count_in_process(workdir, rows, global_batch_size=4)
+
+    at_half = counts[:, evaluate.THRESHOLDS.index(0.5)]
+    assert (at_half[:, 0] + at_half[:, 2]).tolist() == true_area  # tp + fn
+    assert (at_half.sum(axis=1) <= all_pixels).all()
+    at_model_size = _count_in_process(workdir, valid_rows, 4, resolution="model")
+    photo_iou = evaluate.summarize(rows, counts)["iou"]
+    assert photo_iou == pytest.approx(evaluate.summarize(valid_rows, at_model_size)["iou"], abs=0.1)
+
+
+def test_model_resolution_counts_the_masks_as_validation_resizes_them(workdir, valid_rows):
+    from trainer.data import decode
+
+    counts = _count_in_process(workdir, valid_rows, global_batch_size=4, resolution="model")
+    true_area = []
+    for image, mask in zip(valid_rows["images"], valid_rows["masks"]):
+        _, resized = decode.load_pair(image, mask, 64)
+        true_area.append(int(resized.numpy().sum()))
+    from trainer import evaluate
+
+    at_half = counts[:, evaluate.THRESHOLDS.index(0.5)]
+    assert (at_half[:, 0] + at_half[:, 2]).tolist() == true_area
 
 
 def test_one_device_matches_two_devices_and_the_training_evaluation(
@@ -106,8 +154,10 @@ def test_one_device_matches_two_devices_and_the_training_evaluation(
     assert one_device["tp"] == summary["tp"] and one_device["fp"] == summary["fp"]
     in_process = evaluate.per_image_table(valid_rows, counts)
     assert in_process["path"].tolist() == table["path"].tolist()
-    # The same weights and images as the run's own last evaluation.
-    assert summary["iou"] == pytest.approx(best.read_best(workdir)["iou"], abs=1e-5)
+    # At the model's size: the same weights and images as the run's own last evaluation.
+    at_model_size = _count_in_process(workdir, valid_rows, 2, resolution="model")
+    model_iou = evaluate.summarize(valid_rows, at_model_size)["iou"]
+    assert model_iou == pytest.approx(best.read_best(workdir)["iou"], abs=1e-5)
 
 
 def test_an_export_evaluates_like_its_workdir(workdir, valid_rows):
@@ -122,16 +172,16 @@ def test_summarize_hand_computed_counts():
     from trainer import evaluate
 
     rows = pd.DataFrame({"images": ["a.png", "b.png"], "group": ["1", "2"]})
-    counts = np.zeros([2, 5, 3], np.int64)
+    counts = np.zeros([2, len(evaluate.THRESHOLDS), 3], np.int64)
     counts[0, :] = [6, 2, 2]  # every threshold: IoU 6 / 10
     counts[1, :] = [0, 0, 0]  # nothing to find, nothing found: IoU 1
-    counts[1, 1] = [0, 5, 0]  # at 0.4 only, 5 false positives
+    counts[1, evaluate.THRESHOLDS.index(0.4)] = [0, 5, 0]  # at 0.4 only, 5 false positives
     summary = evaluate.summarize(rows, counts)
     assert summary["iou"] == pytest.approx(0.6)  # 6 / (6 + 2 + 2)
     assert summary["fscore"] == pytest.approx(0.75)  # 12 / (12 + 2 + 2)
     assert summary["mean_image_iou"] == pytest.approx(0.8)  # (0.6 + 1) / 2
     assert summary["iou_at_threshold"]["0.4"] == pytest.approx(0.4)  # 6 / 15
-    assert summary["best_threshold"] == 0.3  # ties: the first
+    assert summary["best_threshold"] == 0.1  # ties: the first
     assert summary["groups"]["2"] == {
         "iou": 1.0,
         "fscore": 1.0,

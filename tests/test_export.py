@@ -59,8 +59,13 @@ def test_tflite_float16_masks_agree_with_the_saved_model(
         "--format=tflite",
         "--quantize=float16",
         f"--output={output}",
+        "--threshold=0.35",
     )
     assert process.returncode == 0, process.stderr[-3000:]
+    from trainer import export
+
+    metadata = export.read_tflite_metadata(output.read_bytes())
+    assert metadata["threshold"] == 0.35 and metadata["image_size"] == 64
     served = saved_model.signatures["serve_images"](images=synthetic_images)["probabilities"]
     tflite = tflite_probabilities(str(output), synthetic_images)
     assert mask_iou(tflite > 0.5, served.numpy() > 0.5) >= 0.99
@@ -114,3 +119,19 @@ def test_an_export_given_as_the_workdir_gets_one_error_line(
 ):
     process = run_module("export", f"--model={workdir}/export", "--format=tflite")
     assert_one_error_line(process, "is an export already")
+
+
+def test_the_threshold_is_a_number_or_the_evaluations_best(tmp_path):
+    from trainer import export
+    from trainer.errors import UserError
+
+    assert export.chosen_threshold(None, str(tmp_path)) == 0.5
+    assert export.chosen_threshold("0.25", str(tmp_path)) == 0.25
+    for wrong in ("1.5", "0", "half"):
+        with pytest.raises(UserError, match=f"--threshold={wrong} must be a number"):
+            export.chosen_threshold(wrong, str(tmp_path))
+    with pytest.raises(UserError, match="--threshold=best needs .*summary.json; run"):
+        export.chosen_threshold("best", str(tmp_path))
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "summary.json").write_text('{"best_threshold": 0.4}')
+    assert export.chosen_threshold("best", str(tmp_path)) == 0.4

@@ -126,3 +126,31 @@ def test_unreadable_photos_are_returned_and_written_nowhere(trained, photo_dir, 
     # main() exits 1 with one error line when every photo is skipped like this one.
     assert predict.predict_files(trained, [corrupt, corrupt], str(tmp_path)) == [corrupt] * 2
     assert os.listdir(tmp_path) == []
+
+
+def test_predict_uses_the_threshold_stored_in_the_export(trained, photo_dir, tmp_path, run_module):
+    from trainer import serving
+
+    import tensorflow as tf
+
+    photo = str(photo_dir / "large.jpg")
+    export = str(tmp_path / "export")
+    served = trained.predict(tf.constant(cv2.imread(photo)[None, :64, :64, ::-1].copy()))
+    # A threshold that splits this model's probabilities in half, far from 0.5's mask.
+    threshold = float(np.clip(np.median(served.numpy()), 0.01, 0.99))
+    serving.export_saved_model(trained.keras_model, export, threshold=threshold)
+
+    process = run_module(
+        "predict", f"--model={export}", f"--input={photo}", f"--output={tmp_path / 'out'}"
+    )
+
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert f"threshold {threshold:g}" in process.stderr
+    loaded = tf.saved_model.load(export)
+    outputs = loaded.signatures["serving_default"](
+        image_bytes=tf.constant([open(photo, "rb").read()])
+    )
+    expected = outputs["mask"][0, ..., 0].numpy() == 1
+    np.testing.assert_array_equal(expected, outputs["probabilities"][0, ..., 0].numpy() > threshold)
+    mask = cv2.imread(str(tmp_path / "out" / "large_mask.png"), cv2.IMREAD_UNCHANGED) > 0
+    assert np.mean(mask == expected) >= 0.999

@@ -71,7 +71,8 @@ def test_an_export_holds_the_model_and_its_metadata(workdir):
     export = os.path.join(workdir, "export")
     assert os.path.isfile(os.path.join(export, "saved_model.pb"))
     metadata = workdir_lib.read_json(os.path.join(export, serving.METADATA_FILE))
-    assert metadata == {"image_size": SIZE_PX, "signatures": ["serving_default", "serve_images"]}
+    signatures = ["serving_default", "serve_images"]
+    assert metadata == {"image_size": SIZE_PX, "signatures": signatures, "threshold": 0.5}
     assert sorted(os.listdir(workdir)) == ["best", "config.json", "export"]  # no leftovers
 
 
@@ -190,3 +191,23 @@ def test_an_export_without_metadata_asks_for_a_new_export(tmp_path):
     os.remove(os.path.join(export, serving.METADATA_FILE))
     with pytest.raises(UserError, match="export it again with python -m trainer.export"):
         inference.load_trained_model(export)
+
+
+def test_an_export_stores_its_threshold_and_masks_by_it(tmp_path):
+    export = str(tmp_path / "export")
+    serving.export_saved_model(_small_network(), export, threshold=0.52)
+    saved_model = tf.saved_model.load(export)
+    images = np.random.default_rng(0).integers(0, 256, [2, 12, 10, 3], dtype=np.uint8)
+
+    outputs = saved_model.signatures["serve_images"](images=images)
+
+    probabilities = outputs["probabilities"].numpy()
+    assert 0 < np.mean(probabilities > 0.52) < 1, "the test needs pixels on both sides"
+    np.testing.assert_array_equal(outputs["mask"].numpy(), (probabilities > 0.52).astype(np.uint8))
+    encoded = tf.io.encode_png(tf.constant(images[0]))
+    served = saved_model.signatures["serving_default"](image_bytes=tf.stack([encoded]))
+    np.testing.assert_array_equal(
+        served["mask"].numpy(), (served["probabilities"].numpy() > 0.52).astype(np.uint8)
+    )
+    assert inference.load_trained_model(export).threshold == 0.52
+    assert workdir_lib.read_json(os.path.join(export, serving.METADATA_FILE))["threshold"] == 0.52

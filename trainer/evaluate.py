@@ -7,13 +7,20 @@ r"""Evaluates a trained model on a data set: exact IoU / F1 overall, per group a
 --model is a work directory (the network rebuilt from its config.json with the
 best validation weights, else the latest checkpoint) or a SavedModel export
 (its `serve_images` signature). Images are resized to the model's input size,
-as validation resizes them, and every figure is counted at that size.
+as validation resizes them. With --resolution=photo (the default) the
+probabilities are then resized back to each photo's own size, as predict
+delivers them, and every pixel of the mask at its own size is counted;
+--resolution=model counts at the model's size instead, as the validation
+during training does (faster, and what metrics.jsonl's figures are).
 
 Writes to --output_dir (default WORKDIR/eval, or EXPORT_eval next to an export):
 
   summary.json   iou, fscore (from tp/fp/fn summed over the images), tp, fp, fn,
-                 mean_image_iou, iou_at_threshold (0.3 ... 0.7), best_threshold,
-                 groups: {name: {iou, fscore, mean_image_iou, num_images}}
+                 at threshold 0.5; mean_image_iou, iou_at_threshold (0.1 ...
+                 0.9), best_threshold (the one of those with the highest iou:
+                 choose it on photos held out of training, then
+                 `trainer.export --threshold=best` stores it with the model),
+                 resolution, groups: {name: {iou, fscore, mean_image_iou, num_images}}
   per_image.csv  path, group, iou, fscore, predicted_area, true_area (pixels),
                  worst IoU first
 
@@ -24,9 +31,9 @@ sizes aside, whose float rounding in the network may flip a rare pixel).
 
 import os
 
-from trainer import cli, distribute, inference, metrics
+from trainer import cli, distribute, inference, metrics, serving
 from trainer import workdir as workdir_lib
-from trainer.data import manifest, pipeline
+from trainer.data import decode, manifest, pipeline
 from trainer.errors import UserError
 
 import ml_collections
@@ -35,10 +42,11 @@ import pandas as pd
 import tensorflow as tf
 from absl import app, flags, logging
 
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 THRESHOLD = 0.5  # the training metrics' threshold, for iou / fscore / per_image.csv
 _AT_THRESHOLD = THRESHOLDS.index(THRESHOLD)
 SPLITS = ("train", "valid", "all")
+RESOLUTIONS = ("photo", "model")
 DEFAULT_PER_REPLICA_BATCH_SIZE = 8
 
 FLAGS = flags.FLAGS
@@ -53,6 +61,13 @@ def define_flags() -> None:
     flags.DEFINE_string("data_root", None, "Data set folder; its manifests choose the images.")
     flags.DEFINE_string("output_dir", None, "Where to write; default WORKDIR/eval or EXPORT_eval.")
     flags.DEFINE_enum("split", "valid", SPLITS, "Which manifest's images to evaluate.")
+    flags.DEFINE_enum(
+        "resolution",
+        "photo",
+        RESOLUTIONS,
+        "Count pixels at each photo's own size (as predict delivers masks) or at the model's "
+        "input size (as training's validation; faster).",
+    )
     cli.define_distribution_flags(("one_device", "mirrored"))
     flags.DEFINE_integer(
         "batch_size", 0, f"Global batch size; 0 = {DEFAULT_PER_REPLICA_BATCH_SIZE} per replica."
@@ -73,6 +88,7 @@ def count_confusions(
     strategy: tf.distribute.Strategy,
     *,
     global_batch_size: int,
+    resolution: str = "photo",
 ) -> np.ndarray:
     """Runs the model over `rows` and counts each image's pixels at each threshold.
 
@@ -81,6 +97,8 @@ def count_confusions(
         rows: manifest rows (images, masks).
         strategy: a single-host strategy.
         global_batch_size: images per step, a multiple of the replica count.
+        resolution: 'photo' (probabilities resized to each mask's own size) or
+            'model' (the mask resized to the model's size).
 
     Returns:
         int64 `[len(rows), len(THRESHOLDS), 3]`: tp, fp, fn of each image, in row order.
@@ -110,28 +128,51 @@ def count_confusions(
     def replica_step(images, masks, weights, indices):
         # Validation images are uint8 / 255, so this recovers the uint8 exactly.
         probabilities = trained.predict(tf.cast(tf.round(images * 255.0), tf.uint8))
-        counts = [
-            tf.stack(metrics.per_example_confusion(masks, probabilities, threshold), axis=-1)
-            for threshold in THRESHOLDS
-        ]
-        return indices, weights, tf.stack(counts, axis=1)
+        if resolution == "photo":
+            return indices, weights, probabilities
+        return indices, weights, _confusions(masks, probabilities)
 
     @tf.function
     def step(batch):
         return strategy.run(replica_step, args=batch)
 
+    mask_paths = rows["masks"].astype(str).to_numpy()
     counts = np.zeros([len(rows), len(THRESHOLDS), 3], np.int64)
     times_seen = np.zeros(len(rows), np.int64)
     for batch in strategy.distribute_datasets_from_function(dataset_fn):
         outputs = [strategy.experimental_local_results(x) for x in step(batch)]
-        for indices, weights, replica_counts in zip(*outputs):
+        for indices, weights, replica_results in zip(*outputs):
             real = weights.numpy() > 0
             indices = indices.numpy()[real]
-            counts[indices] = replica_counts.numpy()[real]
+            if resolution == "photo":
+                for index, probabilities in zip(indices, tf.boolean_mask(replica_results, real)):
+                    counts[index] = _photo_confusions(probabilities, mask_paths[index]).numpy()
+            else:
+                counts[indices] = replica_results.numpy()[real]
             np.add.at(times_seen, indices, 1)  # counts repeats within a batch too
     if not np.all(times_seen == 1):
         raise RuntimeError(f"evaluation saw images {times_seen.tolist()} times, not once each")
     return counts
+
+
+def _confusions(masks: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
+    """int64 `[b, len(THRESHOLDS), 3]`: tp, fp, fn of each example at each threshold."""
+    counts = [
+        tf.stack(metrics.per_example_confusion(masks, probabilities, threshold), axis=-1)
+        for threshold in THRESHOLDS
+    ]
+    return tf.stack(counts, axis=1)
+
+
+@tf.function(
+    input_signature=[tf.TensorSpec([None, None, 1], tf.float32), tf.TensorSpec([], tf.string)]
+)
+def _photo_confusions(probabilities: tf.Tensor, mask_path: tf.Tensor) -> tf.Tensor:
+    """int64 `[len(THRESHOLDS), 3]` of one photo, its probabilities resized to its mask's size."""
+    mask = decode.decode_mask(mask_path)
+    size = tf.shape(mask)
+    at_photo_size = serving.resize_probabilities(probabilities, size[0], size[1])
+    return _confusions(tf.cast(mask, tf.float32)[None], at_photo_size[None])[0]
 
 
 def per_image_table(rows: pd.DataFrame, counts: np.ndarray) -> pd.DataFrame:
@@ -191,9 +232,10 @@ def default_output_dir(trained: inference.TrainedModel) -> str:
 
 def write_results(output_dir: str, summary: dict, table: pd.DataFrame) -> None:
     """Writes summary.json and per_image.csv (each replaced atomically)."""
-    workdir_lib.write_json(os.path.join(output_dir, "summary.json"), summary)
+    workdir_lib.write_json(os.path.join(output_dir, workdir_lib.EVAL_SUMMARY_FILE), summary)
     workdir_lib.write_text(
-        os.path.join(output_dir, "per_image.csv"), table.to_csv(index=False, float_format="%.6f")
+        os.path.join(output_dir, workdir_lib.EVAL_PER_IMAGE_FILE),
+        table.to_csv(index=False, float_format="%.6f"),
     )
 
 
@@ -225,9 +267,16 @@ def main(argv):
     rows = select_rows(FLAGS.data_root, FLAGS.split, fallback_dir=fallback_dir)
     logging.info("Evaluating %s on %d %s images", trained.path, len(rows), FLAGS.split)
 
-    counts = count_confusions(trained, rows, strategy, global_batch_size=global_batch_size)
+    counts = count_confusions(
+        trained,
+        rows,
+        strategy,
+        global_batch_size=global_batch_size,
+        resolution=FLAGS.resolution,
+    )
     summary = summarize(rows, counts)
     summary.update(model=os.path.abspath(trained.path), split=FLAGS.split)
+    summary.update(resolution=FLAGS.resolution)
     summary.update(data_root=os.path.abspath(FLAGS.data_root), image_size=trained.image_size)
     write_results(output_dir, summary, per_image_table(rows, counts))
 
@@ -242,7 +291,8 @@ def main(argv):
         )
     print(
         f"{FLAGS.split}: IoU {summary['iou']:.4f} F1 {summary['fscore']:.4f} on "
-        f"{summary['num_images']} images (best threshold {summary['best_threshold']}); "
+        f"{summary['num_images']} images at {FLAGS.resolution} resolution (best threshold "
+        f"{summary['best_threshold']}); "
         f"results in {output_dir}",
         flush=True,
     )

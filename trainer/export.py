@@ -16,8 +16,17 @@ tflite       the network alone at its fixed input size, for on-device apps:
              --quantize=int8 quarters it and calibrates activations on
              --num_calibration_images training images, from --data_root or the
              data root recorded in config.json. Inputs and outputs stay float32.
+
+--threshold (default 0.5) is the probability above which a pixel is
+foreground. It is stored with the model: in the SavedModel's
+assets.extra/trainer.json and its `mask` outputs, and in the .tflite file's
+metadata (entry "trainer": JSON with image_size, threshold, input and output),
+and predict uses it unless given its own --threshold. `--threshold=best` takes
+the best_threshold of WORKDIR/eval/summary.json: run trainer.evaluate first,
+on photos held out of training (the valid split, or better a split of its own).
 """
 
+import json
 import os
 
 from trainer import cli, inference, serving
@@ -25,12 +34,14 @@ from trainer import workdir as workdir_lib
 from trainer.data import decode, manifest
 from trainer.errors import UserError
 
+import flatbuffers
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 from absl import app, flags, logging
 
 FORMATS = ("saved_model", "tflite")
+TFLITE_METADATA_NAME = "trainer"
 QUANTIZATIONS = ("float16", "int8")
 
 FLAGS = flags.FLAGS
@@ -47,6 +58,13 @@ def define_flags() -> None:
     flags.DEFINE_string("output", None, "Folder (saved_model) or file (tflite) to write.")
     flags.DEFINE_string("data_root", None, "int8 only: data set for calibration images.")
     flags.DEFINE_integer("num_calibration_images", 32, "int8 only: images to calibrate on.")
+    flags.DEFINE_string(
+        "threshold",
+        None,
+        "Probability above which a pixel is foreground, stored with the model for predict "
+        "and apps: a number in (0, 1), or 'best' (WORKDIR/eval/summary.json's best_threshold, "
+        "from trainer.evaluate); default 0.5.",
+    )
     flags.mark_flags_as_required(["model"])
 
 
@@ -58,6 +76,68 @@ def default_output(workdir: str, output_format: str, quantize: str | None) -> st
         return os.path.join(workdir, workdir_lib.TFLITE_FILE)
     stem, extension = os.path.splitext(workdir_lib.TFLITE_FILE)
     return os.path.join(workdir, f"{stem}_{quantize}{extension}")
+
+
+def chosen_threshold(value: str | None, workdir: str) -> float:
+    """The threshold `--threshold` names: a number in (0, 1), 'best', or None for 0.5.
+
+    Raises:
+        UserError: not a number in (0, 1), or 'best' without an evaluation.
+    """
+    if value is None:
+        return serving.DEFAULT_THRESHOLD
+    if value == "best":
+        summary_path = os.path.join(workdir, workdir_lib.EVAL_DIR, workdir_lib.EVAL_SUMMARY_FILE)
+        if not tf.io.gfile.exists(summary_path):
+            raise UserError(
+                f"--threshold=best needs {summary_path}; run python -m trainer.evaluate "
+                f"--model={workdir} --data_root=DATA first, or give a number"
+            )
+        return float(workdir_lib.read_json(summary_path)["best_threshold"])
+    try:
+        threshold = float(value)
+    except ValueError:
+        threshold = None
+    if threshold is None or not 0.0 < threshold < 1.0:
+        raise UserError(f"--threshold={value} must be a number between 0 and 1, or 'best'")
+    return threshold
+
+
+def with_tflite_metadata(payload: bytes, metadata: dict) -> bytes:
+    """The .tflite flatbuffer `payload` with `metadata` added as JSON, named "trainer".
+
+    TFLite models carry named metadata buffers (the schema's `Model.metadata`);
+    apps read them with the flatbuffers schema, or `read_tflite_metadata`.
+    The TFLite Support metadata writer would do this, but it is not kept up
+    for current TensorFlow, so the entry is added with TensorFlow's own schema
+    bindings.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(payload, 0))
+    buffer = schema.BufferT()
+    buffer.data = list(json.dumps(metadata, sort_keys=True).encode())
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = TFLITE_METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    builder = flatbuffers.Builder(len(payload) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def read_tflite_metadata(payload: bytes) -> dict:
+    """The "trainer" metadata of a .tflite file written by `with_tflite_metadata` ({} if none)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(payload, 0)
+    for k in range(model.MetadataLength()):
+        entry = model.Metadata(k)
+        if entry.Name().decode() == TFLITE_METADATA_NAME:
+            data = model.Buffers(entry.Buffer()).DataAsNumpy()
+            return json.loads(bytes(data).decode())
+    return {}
 
 
 def calibration_rows(trained: inference.TrainedModel, data_root: str | None) -> pd.DataFrame:
@@ -127,11 +207,12 @@ def main(argv):
         )
     if FLAGS.quantize and FLAGS.format != "tflite":
         raise UserError(f"--quantize={FLAGS.quantize} applies to --format=tflite only")
+    threshold = chosen_threshold(FLAGS.threshold, FLAGS.model)
     trained = inference.load_trained_model(FLAGS.model)
     output = FLAGS.output or default_output(trained.path, FLAGS.format, FLAGS.quantize)
 
     if FLAGS.format == "saved_model":
-        serving.export_saved_model(trained.keras_model, output)
+        serving.export_saved_model(trained.keras_model, output, threshold=threshold)
     else:
         calibration = None
         if FLAGS.quantize == "int8":
@@ -141,8 +222,14 @@ def main(argv):
         payload = tflite_bytes(
             trained.keras_model, quantize=FLAGS.quantize, calibration=calibration
         )
-        workdir_lib.write_bytes(output, payload)
-    print(f"wrote {output}", flush=True)
+        metadata = {
+            "image_size": trained.image_size,
+            "threshold": threshold,
+            "input": "float32 [1, s, s, 3], RGB in 0..1, the photo resized to s x s",
+            "output": "float32 [1, s, s, 1], foreground probability; foreground where > threshold",
+        }
+        workdir_lib.write_bytes(output, with_tflite_metadata(payload, metadata))
+    print(f"wrote {output} (threshold {threshold:g})", flush=True)
 
 
 if __name__ == "__main__":

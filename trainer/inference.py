@@ -37,6 +37,9 @@ class TrainedModel:
         config: a work directory's config.json (None for an export).
         keras_model: the rebuilt network of a work directory (None for an export).
         handle: the loaded SavedModel, kept alive for `predict` (None for a work directory).
+        threshold: the probability above which a pixel is foreground: an
+            export's chosen one (`trainer.export --threshold`), 0.5 for a work
+            directory.
     """
 
     predict: Callable[[tf.Tensor], tf.Tensor]
@@ -46,6 +49,7 @@ class TrainedModel:
     config: dict | None = None
     keras_model: tf.keras.Model | None = None
     handle: object = None
+    threshold: float = serving.DEFAULT_THRESHOLD
 
 
 def model_kind(path: str) -> str:
@@ -130,12 +134,15 @@ def _load_export(directory: str) -> TrainedModel:
             f"export {directory} has no {serving.METADATA_FILE}: it predates the serve_images "
             "signature; export it again with python -m trainer.export --model=WORKDIR"
         )
-    image_size = int(workdir_lib.read_json(metadata_path)["image_size"])
+    metadata = workdir_lib.read_json(metadata_path)
+    image_size = int(metadata["image_size"])
+    # Exports made before thresholds were stored used 0.5.
+    threshold = float(metadata.get("threshold", serving.DEFAULT_THRESHOLD))
     loaded = tf.saved_model.load(directory)
     serve_images = loaded.signatures[serving.IMAGES_SIGNATURE]
 
     def predict(images):
         return serve_images(images=images)["probabilities"]
 
-    logging.info("Loaded the SavedModel %s (%d px)", directory, image_size)
-    return TrainedModel(predict, image_size, directory, EXPORT, handle=loaded)
+    logging.info("Loaded the SavedModel %s (%d px, threshold %g)", directory, image_size, threshold)
+    return TrainedModel(predict, image_size, directory, EXPORT, handle=loaded, threshold=threshold)

@@ -48,7 +48,12 @@ def define_flags() -> None:
     flags.DEFINE_string("model", None, "A training work directory, or a SavedModel export.")
     flags.DEFINE_string("input", None, "An image file, a folder of images, or a glob.")
     flags.DEFINE_string("output", None, "Folder for NAME_mask.png and NAME_overlay.png.")
-    flags.DEFINE_float("threshold", 0.5, "A pixel is foreground when its probability is above.")
+    flags.DEFINE_float(
+        "threshold",
+        None,
+        "A pixel is foreground when its probability is above; default: the export's stored "
+        "threshold (trainer.export --threshold), 0.5 for a work directory.",
+    )
     flags.DEFINE_bool("tta", False, "Average with the prediction of the mirrored photo.")
     flags.DEFINE_integer("batch_size", 8, "Photos per inference batch.")
     flags.mark_flags_as_required(["model", "input", "output"])
@@ -224,19 +229,22 @@ def predict_files(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not 0.0 < FLAGS.threshold < 1.0:
+    if FLAGS.threshold is not None and not 0.0 < FLAGS.threshold < 1.0:
         raise UserError(f"--threshold={FLAGS.threshold} must be between 0 and 1")
     if FLAGS.batch_size < 1:
         raise UserError(f"--batch_size={FLAGS.batch_size} must be at least 1")
     inference.model_kind(FLAGS.model)  # a wrong path fails before any slow work
     paths = find_inputs(FLAGS.input)
     trained = inference.load_trained_model(FLAGS.model)
-    logging.info("Predicting %d image(s) with %s", len(paths), trained.path)
+    threshold = trained.threshold if FLAGS.threshold is None else FLAGS.threshold
+    logging.info(
+        "Predicting %d image(s) with %s, threshold %g", len(paths), trained.path, threshold
+    )
     skipped = predict_files(
         trained,
         paths,
         FLAGS.output,
-        threshold=FLAGS.threshold,
+        threshold=threshold,
         tta=FLAGS.tta,
         photos_per_batch=FLAGS.batch_size,
     )

@@ -2,11 +2,13 @@
 
 An export (`WORKDIR/export`, or `python -m trainer.export`) is a SavedModel with
 two signatures, both returning probabilities of the foreground at each image's
-ORIGINAL size, so that TensorFlow Serving and other clients need no
-preprocessing of their own:
+ORIGINAL size, and the mask at the export's threshold, so that TensorFlow
+Serving and other clients need no preprocessing of their own:
 
   serving_default  image_bytes: string [batch] (encoded PNG, JPEG, BMP or GIF)
                    -> probabilities: float32 [batch, max_height, max_width, 1],
+                      mask: uint8 [batch, max_height, max_width, 1], 1 where
+                      the probability is above the threshold,
                       height, width: int32 [batch]
                    Images of different sizes may share a batch: image i's
                    probabilities are `probabilities[i, :height[i], :width[i]]`,
@@ -16,12 +18,14 @@ preprocessing of their own:
                    frame the photo is shown in (height and width swapped for
                    orientations 5-8).
   serve_images     images: uint8 [batch, height, width, 3], any height and width
-                   -> probabilities: float32 [batch, height, width, 1]
+                   -> probabilities: float32 [batch, height, width, 1],
+                      mask: uint8 [batch, height, width, 1]
 
 Inside the graph an image is resized to the model's square input as training
 resized it (antialiased bilinear, rounded to uint8), divided by 255, and the
 probabilities are resized back (bilinear). `assets.extra/trainer.json` records
-the model's input size; TensorFlow Serving ignores that folder.
+the model's input size and the threshold (`trainer.export --threshold`, 0.5
+unless chosen); TensorFlow Serving ignores that folder.
 
 Loading a work directory or an export back for inference is `trainer.inference`.
 """
@@ -35,6 +39,7 @@ import tensorflow as tf
 
 METADATA_FILE = os.path.join("assets.extra", "trainer.json")
 DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_THRESHOLD = 0.5
 IMAGES_SIGNATURE = "serve_images"
 
 
@@ -53,15 +58,18 @@ def model_probabilities(model: tf.keras.Model, images: tf.Tensor) -> tf.Tensor:
     return tf.cast(model(inputs, training=False), tf.float32)
 
 
-def make_signatures(model: tf.keras.Model) -> dict:
+def make_signatures(model: tf.keras.Model, threshold: float = DEFAULT_THRESHOLD) -> dict:
     """The `serving_default` and `serve_images` functions of an export (module docstring)."""
     size_px = model.input_shape[1]
+
+    def with_mask(outputs):
+        return {**outputs, "mask": tf.cast(outputs["probabilities"] > threshold, tf.uint8)}
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serve_images(images):
         shape = tf.shape(images)
         probabilities = model_probabilities(model, decode.resize_image(images, size_px))
-        return {"probabilities": resize_probabilities(probabilities, shape[1], shape[2])}
+        return with_mask({"probabilities": resize_probabilities(probabilities, shape[1], shape[2])})
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_encoded(image_bytes):
@@ -94,7 +102,7 @@ def make_signatures(model: tf.keras.Model) -> dict:
             (probabilities, sizes),
             fn_output_signature=tf.TensorSpec([None, None, 1], tf.float32),
         )
-        return {"probabilities": restored, "height": sizes[:, 0], "width": sizes[:, 1]}
+        return with_mask({"probabilities": restored, "height": sizes[:, 0], "width": sizes[:, 1]})
 
     return {DEFAULT_SIGNATURE: serve_encoded, IMAGES_SIGNATURE: serve_images}
 
@@ -102,7 +110,9 @@ def make_signatures(model: tf.keras.Model) -> dict:
 # ---------------------------------------------------------------- export
 
 
-def export_saved_model(model: tf.keras.Model, directory: str) -> str:
+def export_saved_model(
+    model: tf.keras.Model, directory: str, *, threshold: float = DEFAULT_THRESHOLD
+) -> str:
     """Writes `model` as a SavedModel at `directory`, replacing what was there.
 
     The model is written next to `directory` first and renamed into place, so
@@ -111,6 +121,8 @@ def export_saved_model(model: tf.keras.Model, directory: str) -> str:
     Args:
         model: a network from float images `[b, s, s, 3]` in 0..1 to probabilities.
         directory: the export folder (any `tf.io.gfile` path).
+        threshold: the probability above which a pixel is foreground, in the
+            `mask` outputs and the metadata predict reads.
 
     Returns:
         `directory`.
@@ -126,9 +138,11 @@ def export_saved_model(model: tf.keras.Model, directory: str) -> str:
         needed_bytes=lambda: workdir_lib.variables_bytes(model.weights),
     ):
         try:
-            tf.saved_model.save(model, temporary, signatures=make_signatures(model))
+            signatures = make_signatures(model, threshold)
+            tf.saved_model.save(model, temporary, signatures=signatures)
             metadata = {
                 "image_size": int(model.input_shape[1]),
+                "threshold": float(threshold),
                 "signatures": [DEFAULT_SIGNATURE, IMAGES_SIGNATURE],
             }
             workdir_lib.write_json(os.path.join(temporary, METADATA_FILE), metadata)

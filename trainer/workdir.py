@@ -54,6 +54,8 @@ CURVES_FILE = "curves.png"
 CACHE_DIR = "cache"
 CSV_DIR = "csv_file"
 EVAL_DIR = "eval"
+EVAL_SUMMARY_FILE = "summary.json"  # inside eval/
+EVAL_PER_IMAGE_FILE = "per_image.csv"  # inside eval/
 TFLITE_FILE = "model.tflite"  # model_float16.tflite, model_int8.tflite when quantized
 WANDB_DIR = "wandb"  # made by wandb.init(dir=WORKDIR)
 
