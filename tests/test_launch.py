@@ -419,3 +419,98 @@ def test_tpu_vm_dry_run_prints_create_setup_and_train():
 def test_tpu_vm_rejects_an_unknown_step():
     result = _run_script("tpu_vm.sh", "--dry-run", "launch")
     assert result.returncode == 2 and "unknown step" in result.stderr
+
+
+def _gcloud(commands, verb):
+    return [c for c in commands if c[:5] == ["gcloud", "compute", "tpus", "tpu-vm", verb]]
+
+
+POD = {
+    "TPU_NAME": "my-pod",
+    "ZONE": "us-central2-b",
+    "ACCELERATOR_TYPE": "v4-32",
+    "DATA_URL": "gs://bucket/nails",
+    "WORKDIR_URL": "gs://bucket/runs/effb4",
+}
+
+
+def test_tpu_vm_dry_run_on_a_pod_slice_trains_from_worker_0_on_cloud_storage():
+    result = _run_script("tpu_vm.sh", "--dry-run", "all", "--config.train.epochs=3", **POD)
+    assert result.returncode == 0, result.stderr
+    commands = [shlex.split(line) for line in result.stdout.splitlines()]
+    (create,) = _gcloud(commands, "create")
+    # The -pod runtime runs the TPU server on every host that the client drives.
+    assert {"my-pod", "--accelerator-type=v4-32", "--version=tpu-vm-tf-2.20.0-pod-pjrt"} <= set(
+        create
+    )
+    # Only the code is copied, to every host; the data stays in Cloud Storage.
+    (scp,) = _gcloud(commands, "scp")
+    assert scp[5].endswith("nailseg-src.tar.gz") and "--worker=all" in scp
+    setup, train = _gcloud(commands, "ssh")
+    assert "--worker=all" in setup and "tensorflow-tpu==2.20.0" in setup[-1]
+    # TensorFlow drives a pod slice from one client: the trainer runs once, on worker 0.
+    assert "--worker=0" in train and "--worker=all" not in train
+    words = shlex.split(train[-1].removeprefix("--command="))
+    start = words.index("python3")
+    assert words[start - 2 : start] == ["TPU_NAME=my-pod", "TPU_LOAD_LIBRARY=0"]
+    assert words[start : start + 5] == [
+        "python3",
+        "-m",
+        "trainer.train",
+        "--strategy=tpu",
+        "--tpu=my-pod",
+    ]
+    assert {"--data_root=gs://bucket/nails", "--workdir=gs://bucket/runs/effb4"} <= set(words)
+    assert words[-1] == "--config.train.epochs=3"
+
+
+def test_tpu_vm_fetch_from_a_pod_slice_copies_the_cloud_storage_workdir():
+    result = _run_script("tpu_vm.sh", "--dry-run", "fetch", RESULTS_DIR="runs/pod", **POD)
+    assert result.returncode == 0, result.stderr
+    commands = [shlex.split(line) for line in result.stdout.splitlines()]
+    assert commands[-1] == [
+        "gcloud",
+        "storage",
+        "cp",
+        "--recursive",
+        "gs://bucket/runs/effb4",
+        "runs/pod",
+    ]
+
+
+@pytest.mark.parametrize("accelerator", ["v4-16", "v5p-16", "v5litepod-16", "v6e-32", "v3-32"])
+def test_tpu_vm_refuses_a_local_data_dir_for_a_pod_slice(accelerator):
+    env = dict(POD, ACCELERATOR_TYPE=accelerator, DATA_DIR="/srv/nails")
+    result = _run_script("tpu_vm.sh", "--dry-run", "all", **env)
+    assert result.returncode == 2 and result.stdout == ""  # refused before any command
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: DATA_DIR=/srv/nails: ") and "DATA_URL=gs://" in line
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("DATA_URL", ""), ("DATA_URL", "/srv/nails"), ("WORKDIR_URL", ""), ("WORKDIR_URL", "runs")],
+)
+def test_tpu_vm_pod_slice_needs_cloud_storage_urls(variable, value):
+    result = _run_script("tpu_vm.sh", "--dry-run", "train", **dict(POD, **{variable: value}))
+    assert result.returncode == 2 and result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: {variable}=") and f"{variable}=gs://" in line
+
+
+@pytest.mark.parametrize("accelerator", ["v2-8", "v4-8", "v5p-8", "v5litepod-8", "v6e-4"])
+def test_tpu_vm_single_host_slices_keep_the_local_copy(accelerator):
+    result = _run_script(
+        "tpu_vm.sh", "--dry-run", "all", ACCELERATOR_TYPE=accelerator, DATA_DIR="/nails"
+    )
+    assert result.returncode == 0, result.stderr
+    commands = [shlex.split(line) for line in result.stdout.splitlines()]
+    assert "--version=tpu-ubuntu2204-base" in _gcloud(commands, "create")[0]
+    assert any("/nails" in c for c in _gcloud(commands, "scp"))
+    train = _gcloud(commands, "ssh")[-1]
+    assert "--worker=all" in train and "--tpu=local" in train[-1]
+
+
+def test_tpu_vm_rejects_an_accelerator_type_without_a_size():
+    result = _run_script("tpu_vm.sh", "--dry-run", "delete", ACCELERATOR_TYPE="v4")
+    assert result.returncode == 2 and "ACCELERATOR_TYPE=v4" in result.stderr

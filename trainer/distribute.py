@@ -3,7 +3,12 @@
 one_device             one GPU if there is one, else the CPU (debugging)
 mirrored               every local GPU (or the logical CPUs of --num_cpu_devices)
 multi_worker_mirrored  several machines; the cluster comes from TF_CONFIG
-tpu                    a Cloud TPU (--tpu=NAME, or 'local' on a TPU VM)
+tpu                    a Cloud TPU (--tpu=NAME, or 'local' on a single-host TPU VM)
+
+A multi-host TPU slice (a pod slice: v4-32, v5litepod-16, ...) is driven by one
+client process, on its worker 0, with --tpu=NAME (the slice's name): the
+resolver finds every host of the slice, and `distribute_datasets_from_function`
+calls the input function once per host, each host reading its own shard.
 """
 
 import json
@@ -95,8 +100,8 @@ def _make_tpu_strategy(tpu: str | None) -> tf.distribute.Strategy:
     except Exception as error:  # noqa: BLE001
         raise UserError(
             f"--strategy=tpu could not reach the TPU {tpu or 'local'!r} "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); pass --tpu=NAME "
-            "or run on a TPU VM"
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); run on a TPU VM "
+            "with --tpu=local, or on a multi-host slice's worker 0 with --tpu=NAME"
         ) from None
     return tf.distribute.TPUStrategy(resolver)
 
@@ -139,9 +144,11 @@ def input_shard(strategy: tf.distribute.Strategy) -> tuple[int, int]:
     """`(input_pipeline_id, num_input_pipelines)` of this process's input pipeline.
 
     The numbering `distribute_datasets_from_function` gives the pipelines: one
-    per worker under multi-worker (the chief first), one otherwise (a TPU
-    strategy drives all its hosts from this one process). Lets work for this
-    pipeline's shard (the data cache) be done before the datasets are made.
+    per worker under multi-worker (the chief first), one otherwise. A TPU
+    strategy on a multi-host slice drives all its hosts from this one process,
+    which builds every host's pipeline (ids 0 to hosts - 1): `(0, 1)` then
+    means that what this process prepares must cover every shard. Lets work
+    for this process's shards (the data cache) be done before the datasets are made.
     """
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return 0, 1

@@ -2,6 +2,9 @@
 
   python -m trainer.prepare --data_root=DIR [--valid_fraction=0.2 --seed=0 --check --strict]
 
+DIR may be a TensorFlow filesystem URL (`gs://BUCKET/PATH`): every file is
+listed, read and written through `tf.io.gfile`.
+
 writes `DIR/csv_file/train.csv` and `valid.csv` (see `trainer.data.manifest`)
 exactly as the trainer would when it finds none: every image and mask is
 decoded with the trainer's own decoders, the pairs it cannot read are left out,
@@ -26,7 +29,9 @@ from trainer.data import manifest
 
 from absl import app, flags, logging
 
-_DATA_ROOT = flags.DEFINE_string("data_root", None, "The data set folder.")
+_DATA_ROOT = flags.DEFINE_string(
+    "data_root", None, "The data set folder: a local path or a URL such as gs://BUCKET/PATH."
+)
 _VALID_FRACTION = flags.DEFINE_float(
     "valid_fraction", 0.2, "Share of each group held out for validation (Images/ layout)."
 )

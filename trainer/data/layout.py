@@ -9,14 +9,21 @@ Two layouts are accepted (folder names match case-insensitively):
 
 An image pairs with the mask of the same file stem in the matching folder; the
 mask may have another extension and a `_mask` suffix.
+
+The data root may be a local folder or any TensorFlow filesystem URL (`gs://`,
+`ram://`, ...): local folders are listed with pathlib, URLs with `tf.io.gfile`.
+Local paths are `Path` objects, URLs strings; `absolute`, `join`, `is_dir` and
+`is_file` take either.
 """
 
 import dataclasses
-from pathlib import Path
+import posixpath
+from pathlib import Path, PurePosixPath
 
 from trainer.errors import UserError
 
 import pandas as pd
+import tensorflow as tf
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 MASK_SUFFIX = "_mask"
@@ -51,11 +58,74 @@ class ScanResult:
     layout: str  # 'images_masks' or 'train_valid'
 
 
+# ---------------------------------------------------------------- paths
+
+
+def is_url(path) -> bool:
+    """True for a TensorFlow filesystem URL (`gs://...`, `ram://...`), False for a local path."""
+    return "://" in str(path)
+
+
+def absolute(path) -> Path | str:
+    """A local path as an absolute `Path`; a URL as a string without a trailing slash."""
+    if is_url(path):
+        return str(path).rstrip("/")
+    return Path(path).absolute()
+
+
+def join(folder, *names: str) -> Path | str:
+    """`folder / name / ...`, a `Path` for a local folder and a string for a URL."""
+    if is_url(folder):
+        return posixpath.join(str(folder), *names)
+    return Path(folder).joinpath(*names)
+
+
+def is_dir(path) -> bool:
+    """Whether `path` (local or URL) is a folder."""
+    if is_url(path):
+        return tf.io.gfile.isdir(str(path))
+    return Path(path).is_dir()
+
+
+def is_file(path) -> bool:
+    """Whether `path` (local or URL) is a file."""
+    if is_url(path):
+        path = str(path)
+        return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+    return Path(path).is_file()
+
+
+def _list_names(folder) -> list[str]:
+    """The names of the entries of `folder`, sorted."""
+    if is_url(folder):
+        return sorted(name.rstrip("/") for name in tf.io.gfile.listdir(str(folder)))
+    return sorted(entry.name for entry in Path(folder).iterdir())
+
+
+def _files_under(folder) -> list[str]:
+    """Every file under `folder`, as paths relative to it with '/', sorted by their parts."""
+    if not is_url(folder):
+        return [
+            path.relative_to(folder).as_posix()
+            for path in sorted(Path(folder).rglob("*"))
+            if path.is_file()
+        ]
+    relative = []
+    for directory, _, files in tf.io.gfile.walk(str(folder)):
+        below = directory[len(str(folder)) :].strip("/")
+        relative += [posixpath.join(below, name.rstrip("/")) for name in files]
+    return sorted(relative, key=lambda path: path.split("/"))
+
+
+# ---------------------------------------------------------------- scan
+
+
 def scan(data_root) -> ScanResult:
     """Pairs every image under `data_root` with its mask.
 
     Args:
-        data_root: a folder in one of the two layouts of the module docstring.
+        data_root: a folder in one of the two layouts of the module docstring,
+            local or a TensorFlow filesystem URL.
 
     Returns:
         The pairs, sorted by image path, and the files that could not be paired.
@@ -64,12 +134,16 @@ def scan(data_root) -> ScanResult:
         UserError: the folder is missing or unreadable, in neither layout, or
             holds no pair.
     """
-    root = Path(data_root).absolute()
+    root = absolute(data_root)
     try:
         layout, frame, problems = _pair_layout(root)
     except PermissionError as error:  # a container user other than the data's owner
         raise UserError(
             f"cannot read {error.filename} (permission denied); make the data set readable"
+        ) from None
+    except tf.errors.PermissionDeniedError as error:  # a bucket this account cannot list
+        raise UserError(
+            f"cannot read {root} ({error.message}); give this account read access to it"
         ) from None
     if frame.empty:
         unpaired = sorted((p for p in problems if p.severity == "error"), key=lambda p: p.path)
@@ -82,8 +156,8 @@ def scan(data_root) -> ScanResult:
     return ScanResult(frame, sorted(problems, key=lambda p: p.path), layout)
 
 
-def _pair_layout(root: Path) -> tuple[str, pd.DataFrame, list[Problem]]:
-    if not root.is_dir():
+def _pair_layout(root) -> tuple[str, pd.DataFrame, list[Problem]]:
+    if not is_dir(root):
         raise UserError(f"data root {root} is not a folder; point --data_root at your data set")
     images_dir, masks_dir = _child(root, "Images"), _child(root, "Masks")
     train_dir = _child(root, "train")
@@ -99,17 +173,17 @@ def _pair_layout(root: Path) -> tuple[str, pd.DataFrame, list[Problem]]:
     )
 
 
-def _child(folder: Path, name: str) -> Path | None:
+def _child(folder, name: str) -> Path | str | None:
     """The sub-folder called `name`, matched case-insensitively (exact match first)."""
-    if (folder / name).is_dir():
-        return folder / name
-    for entry in sorted(folder.iterdir()):
-        if entry.is_dir() and entry.name.lower() == name.lower():
-            return entry
+    if is_dir(join(folder, name)):
+        return join(folder, name)
+    for entry in _list_names(folder):
+        if entry.lower() == name.lower() and is_dir(join(folder, entry)):
+            return join(folder, entry)
     return None
 
 
-def _scan_train_valid(root: Path) -> tuple[pd.DataFrame, list[Problem]]:
+def _scan_train_valid(root) -> tuple[pd.DataFrame, list[Problem]]:
     frames, problems = [], []
     for split in ("train", "valid"):
         split_dir = _child(root, split)
@@ -125,7 +199,7 @@ def _scan_train_valid(root: Path) -> tuple[pd.DataFrame, list[Problem]]:
 
 
 def _pair_folders(
-    images_dir: Path, masks_dir: Path, *, default_group: str
+    images_dir, masks_dir, *, default_group: str
 ) -> tuple[pd.DataFrame, list[Problem]]:
     """Pairs images and masks sitting at the same relative folder by file stem."""
     images, problems = _index_files(images_dir)
@@ -136,19 +210,20 @@ def _pair_folders(
     for key, image in images.items():
         if key not in matches:
             folder, stem = key
-            expected = masks_dir / folder / f"{stem}.* or {stem}{MASK_SUFFIX}.*"
-            problems.append(Problem(str(image), f"no mask {expected}"))
+            expected = join(masks_dir, folder, f"{stem}.* or {stem}{MASK_SUFFIX}.*")
+            problems.append(Problem(image, f"no mask {expected}"))
             continue
         group = key[0].split("/")[0] if key[0] else default_group
-        rows.append((str(image), str(masks[matches[key]]), group))
+        rows.append((image, masks[matches[key]], group))
     used = set(matches.values())
     for (folder, stem), mask in masks.items():
         image_key = (folder, stem.removesuffix(MASK_SUFFIX))
         if (folder, stem) not in used:
-            message = f"no image {images_dir / folder / image_key[1]}.*"
+            message = f"no image {join(images_dir, folder, image_key[1])}.*"
             if image_key in matches:  # masks 'x' and 'x_mask' for one image 'x'
-                message = f"{images[image_key].name} pairs with {masks[matches[image_key]].name}"
-            problems.append(Problem(str(mask), f"{message}; ignored"))
+                image_name, mask_name = _name(images[image_key]), _name(masks[matches[image_key]])
+                message = f"{image_name} pairs with {mask_name}"
+            problems.append(Problem(mask, f"{message}; ignored"))
     return pd.DataFrame(rows, columns=list(COLUMNS)), problems
 
 
@@ -169,23 +244,28 @@ def _match_stems(images: dict, masks: dict) -> dict[tuple[str, str], tuple[str, 
     return matches
 
 
-def _index_files(folder: Path) -> tuple[dict[tuple[str, str], Path], list[Problem]]:
-    """Maps (folder relative to `folder`, file stem) to each image file under `folder`."""
+def _index_files(folder) -> tuple[dict[tuple[str, str], str], list[Problem]]:
+    """Maps (folder relative to `folder`, file stem) to the path of each image under `folder`."""
     index, problems = {}, []
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
+    for relative in _files_under(folder):
+        relative = PurePosixPath(relative)
         # Hidden entries include macOS '._name.png' forks and .ipynb_checkpoints copies.
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+        if any(part.startswith(".") for part in relative.parts):
             continue
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        path = str(join(folder, *relative.parts))
+        if relative.suffix.lower() not in IMAGE_EXTENSIONS:
             # Noted: a mask saved as .gif would otherwise leave only "no mask" to read.
             extensions = " ".join(sorted(IMAGE_EXTENSIONS))
-            problems.append(Problem(str(path), f"not one of {extensions}; ignored", "note"))
+            problems.append(Problem(path, f"not one of {extensions}; ignored", "note"))
             continue
         parent = relative.parent.as_posix()
-        key = ("" if parent == "." else parent, path.stem)
+        key = ("" if parent == "." else parent, relative.stem)
         if key in index:
-            problems.append(Problem(str(path), f"same stem as {index[key].name}; ignored"))
+            problems.append(Problem(path, f"same stem as {_name(index[key])}; ignored"))
             continue
         index[key] = path
     return index, problems
+
+
+def _name(path: str) -> str:
+    return posixpath.basename(path)

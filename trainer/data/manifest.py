@@ -4,17 +4,21 @@ The pairs come from `trainer.data.layout.scan` (the two accepted folder
 layouts). The manifests go where the seed kept them,
 `DATA_ROOT/csv_file/{train,valid}.csv`, with paths relative to the data root so
 that the folder can move (or be mounted elsewhere in a container). When the
-data root is read-only they go to `FALLBACK/csv_file/`.
+data root is read-only they go to `FALLBACK/csv_file/`. The data root and the
+fallback may be TensorFlow filesystem URLs (`gs://...`): see `layout`.
 
 Preparing the manifests also decodes every pair with the trainer's decoders
 (`trainer.data.check`): pairs the trainer cannot read are left out, and every
 problem found goes to `csv_file/problems.csv` (path, severity, message).
 """
 
+import concurrent.futures
 import csv
 import dataclasses
 import os
+import posixpath
 import tempfile
+import uuid
 from pathlib import Path
 
 from trainer import workdir
@@ -24,6 +28,7 @@ from trainer.errors import UserError
 
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 from absl import logging
 
 CSV_DIR_NAME = "csv_file"
@@ -33,14 +38,14 @@ SKIPPED_MESSAGE = "Skipped %d unusable image/mask pairs; the list is in %s"
 
 @dataclasses.dataclass(frozen=True)
 class PrepareResult:
-    """The manifests `prepare` wrote; frames hold absolute paths."""
+    """The manifests `prepare` wrote; frames hold absolute paths (folders: see `layout`)."""
 
     train: pd.DataFrame
     valid: pd.DataFrame
-    csv_dir: Path
+    csv_dir: Path | str
     problems: list[Problem]  # the scan's and the decoding check's, sorted by path
     num_skipped: int  # pairs left out for an error, plus files that could not be paired
-    problems_csv: Path
+    problems_csv: Path | str
 
 
 # ---------------------------------------------------------------- split
@@ -105,19 +110,35 @@ def write_manifests(train: pd.DataFrame, valid: pd.DataFrame, csv_dir, *, data_r
         data_root: the folder paths are made relative to; by default the parent
             of `csv_dir`.
     """
-    csv_dir = Path(csv_dir)
-    root = Path(data_root).absolute() if data_root is not None else csv_dir.absolute().parent
-    csv_dir.mkdir(parents=True, exist_ok=True)
+    csv_dir = layout.absolute(csv_dir)
+    if data_root is None:
+        root = csv_dir.parent if isinstance(csv_dir, Path) else posixpath.dirname(csv_dir)
+    else:
+        root = layout.absolute(data_root)
+    _make_dirs(csv_dir)
     for name, frame in (("train.csv", train), ("valid.csv", valid)):
         relative = frame.loc[:, list(layout.COLUMNS)].copy()
         for column in ("images", "masks"):
-            relative[column] = [
-                Path(os.path.relpath(path, root)).as_posix() for path in relative[column]
-            ]
-        _replace_csv(relative, csv_dir / name)
+            relative[column] = [_relative(path, root) for path in relative[column]]
+        _replace_csv(relative, layout.join(csv_dir, name))
 
 
-def _replace_csv(frame: pd.DataFrame, path: Path) -> None:
+def _relative(path: str, root) -> str:
+    if layout.is_url(root):
+        # posixpath.relpath would fold the URL's '//'; paths under the root just lose it.
+        prefix = f"{root}/"
+        return path[len(prefix) :] if path.startswith(prefix) else path
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def _make_dirs(folder) -> None:
+    if layout.is_url(folder):
+        tf.io.gfile.makedirs(str(folder))
+    else:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+
+
+def _replace_csv(frame: pd.DataFrame, path) -> None:
     # Every field quoted: Python 3.11's csv leaves a '\r' in a file name bare, which
     # then reads back as a line break. 'replace': problems.csv may name a file
     # whose name is not UTF-8.
@@ -139,7 +160,7 @@ def prepare(
     the check's, goes to `problems.csv` next to the manifests.
 
     Args:
-        data_root: the data set folder.
+        data_root: the data set folder, local or a TensorFlow filesystem URL.
         valid_fraction: see `split_train_valid`; ignored for rows in valid/.
         seed: seed of the split.
         fallback_dir: where `csv_file/` goes when `data_root` cannot be written
@@ -154,14 +175,14 @@ def prepare(
         UserError: the scan failed, a split is empty once unusable pairs are
             left out, or no folder could be written.
     """
-    root = Path(data_root).absolute()
+    root = layout.absolute(data_root)
     found = layout.scan(root)
     pairs, problems, num_skipped = check.drop_unusable(found.pairs, found.problems)
     if log_problems:
         check.log_problems(problems)
     train, valid = split_train_valid(pairs, valid_fraction=valid_fraction, seed=seed)
     csv_dir = _writable_csv_dir(root, fallback_dir)
-    problems_csv = csv_dir / PROBLEMS_CSV
+    problems_csv = layout.join(csv_dir, PROBLEMS_CSV)
     _replace_csv(check.problems_frame(problems), problems_csv)
     for split, frame in (("train", train), ("valid", valid)):
         if frame.empty:
@@ -178,8 +199,8 @@ def prepare(
     )
 
 
-def _writable_csv_dir(root: Path, fallback_dir) -> Path:
-    csv_dir = root / CSV_DIR_NAME
+def _writable_csv_dir(root, fallback_dir) -> Path | str:
+    csv_dir = layout.join(root, CSV_DIR_NAME)
     if _is_writable_dir(csv_dir):
         return csv_dir
     if fallback_dir is None:
@@ -187,20 +208,34 @@ def _writable_csv_dir(root: Path, fallback_dir) -> Path:
             f"cannot write the manifests to {csv_dir}; make the data root writable "
             "or give a writable work directory for them"
         )
-    fallback = Path(fallback_dir).absolute() / CSV_DIR_NAME
+    fallback = layout.join(layout.absolute(fallback_dir), CSV_DIR_NAME)
     if not _is_writable_dir(fallback):
         raise UserError(f"cannot write the manifests to {csv_dir} nor to {fallback}")
     logging.info("data root %s is read-only; writing the manifests to %s", root, fallback)
     return fallback
 
 
-def _is_writable_dir(folder: Path) -> bool:
+def _is_writable_dir(folder) -> bool:
     """Tries to create the folder and a file in it; permissions alone can deceive (root, :ro)."""
+    if layout.is_url(folder):
+        return _is_writable_url(str(folder))
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError:
+        return False
+    return True
+
+
+def _is_writable_url(folder: str) -> bool:
+    probe = posixpath.join(folder, f".write-probe-{uuid.uuid4().hex}")
+    try:
+        tf.io.gfile.makedirs(folder)
+        with tf.io.gfile.GFile(probe, "wb") as file:
+            file.write(b"")
+        tf.io.gfile.remove(probe)
+    except tf.errors.OpError:
         return False
     return True
 
@@ -216,7 +251,8 @@ def read_manifests(
     manifests are read as they are, without decoding their files again.
 
     Args:
-        data_root: the data set folder the manifests' paths are relative to.
+        data_root: the data set folder the manifests' paths are relative to,
+            local or a TensorFlow filesystem URL.
         fallback_dir: the second place to look, and to write to when
             `data_root` is read-only.
         valid_fraction: used only when the manifests have to be prepared.
@@ -229,14 +265,14 @@ def read_manifests(
         UserError: the data root is missing, a manifest is malformed or names a
             missing file, or a split is empty (see `prepare`).
     """
-    root = Path(data_root).absolute()
-    if not root.is_dir():
+    root = layout.absolute(data_root)
+    if not layout.is_dir(root):
         raise UserError(f"data root {root} is not a folder; point --data_root at your data set")
-    candidates = [root / CSV_DIR_NAME]
+    candidates = [layout.join(root, CSV_DIR_NAME)]
     if fallback_dir is not None:
-        candidates.append(Path(fallback_dir).absolute() / CSV_DIR_NAME)
+        candidates.append(layout.join(layout.absolute(fallback_dir), CSV_DIR_NAME))
     for csv_dir in candidates:
-        if (csv_dir / "train.csv").is_file() and (csv_dir / "valid.csv").is_file():
+        if all(layout.is_file(layout.join(csv_dir, name)) for name in ("train.csv", "valid.csv")):
             logging.info("reading the manifests in %s", csv_dir)
             break
     else:
@@ -247,14 +283,18 @@ def read_manifests(
         if prepared.num_skipped:
             logging.warning(SKIPPED_MESSAGE, prepared.num_skipped, prepared.problems_csv)
         csv_dir = prepared.csv_dir
-    return tuple(_read_csv(csv_dir / name, root) for name in ("train.csv", "valid.csv"))
+    return tuple(_read_csv(layout.join(csv_dir, name), root) for name in ("train.csv", "valid.csv"))
 
 
-def _read_csv(csv_path: Path, root: Path) -> pd.DataFrame:
-    rescan = f"delete {csv_path.parent} to rescan the data root"
+def _read_csv(csv_path, root) -> pd.DataFrame:
+    rescan = f"delete {os.path.dirname(str(csv_path))} to rescan the data root"
     try:
-        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as error:
+        if layout.is_url(csv_path):
+            with tf.io.gfile.GFile(csv_path, "rb") as file:
+                frame = pd.read_csv(file, dtype=str, keep_default_na=False)
+        else:
+            frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, tf.errors.OpError) as error:
         raise UserError(f"cannot read {csv_path} ({error}); {rescan}") from None
     missing_columns = {"images", "masks"} - set(frame.columns)
     if missing_columns:
@@ -264,15 +304,20 @@ def _read_csv(csv_path: Path, root: Path) -> pd.DataFrame:
     if "group" not in frame:
         frame["group"] = "all"
     for column in ("images", "masks"):
-        # os.path.join keeps absolute paths as they are, for hand-written manifests.
-        frame[column] = [os.path.join(root, path) for path in frame[column]]
+        # Absolute paths and URLs stay as they are, for hand-written manifests.
+        frame[column] = [
+            path if layout.is_url(path) else os.path.join(root, path) for path in frame[column]
+        ]
     _check_exist(frame, csv_path, rescan)
     return frame
 
 
-def _check_exist(frame: pd.DataFrame, csv_path: Path, rescan: str) -> None:
-    paths = pd.concat([frame["images"], frame["masks"]])
-    missing = [path for path in paths if not os.path.isfile(path)]
+def _check_exist(frame: pd.DataFrame, csv_path, rescan: str) -> None:
+    paths = list(pd.concat([frame["images"], frame["masks"]]))
+    # In a bucket each check is a network request: make them in parallel.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+        exist = pool.map(layout.is_file, paths)
+        missing = [path for path, found in zip(paths, exist) if not found]
     if missing:
         raise UserError(
             f"{csv_path} lists {len(missing)} file(s) that do not exist, the first "
