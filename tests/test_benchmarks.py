@@ -56,6 +56,7 @@ def results_snapshot() -> dict:
         ("replicas", ()),
         ("precision", ()),
         ("steps_per_execution", ()),
+        ("recipe", ()),  # without --data_root: a tiny synthetic train/ + valid/ set
         # gpu_seed needs a GPU; --allow_cpu runs the same script on the CPU.
         ("gpu_seed", ("--allow_cpu",)),
     ],
@@ -78,3 +79,10 @@ def test_gpu_seed_quick_mode_without_a_gpu_says_so_and_exits_0(tmp_path):
         assert not (tmp_path / "results").exists()  # nothing measured, nothing written
     else:  # a machine with a GPU runs it
         assert _HEADLINE.search(process.stdout), process.stdout[-5000:]
+
+
+def test_recipe_final_quick_mode_reports_the_valid_iou_goal(tmp_path):
+    process = run_quick("recipe", tmp_path, "--final")
+    assert process.returncode == 0, (process.stdout + process.stderr)[-5000:]
+    assert re.search(r"^GOAL valid IoU >= 0.75: [0-9]", process.stdout, re.MULTILINE)
+    assert (tmp_path / "results" / "recipe_final.quick.json").is_file()

@@ -50,12 +50,24 @@ LOST_PEER_ERRORS = (
     tf.errors.AbortedError,
 )
 EXIT_LOST_WORKER = 128 + signal.SIGHUP  # 129: the other end hung up
-cli.define_config_flag()
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports.")
-flags.DEFINE_string("data_root", None, "Data set folder (Images/ + Masks/, or train/ + valid/).")
-cli.define_distribution_flags()
-flags.DEFINE_bool("overwrite", False, "Delete a previous run in --workdir instead of resuming it.")
-flags.mark_flags_as_required(["workdir", "data_root"])
+
+
+def define_flags() -> None:
+    """Defines the command-line flags; called by the entry point only.
+
+    Importing this module for `train_and_evaluate` (a benchmark, a notebook)
+    then defines no flag that the importer defines too.
+    """
+    cli.define_config_flag()
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports.")
+    flags.DEFINE_string(
+        "data_root", None, "Data set folder (Images/ + Masks/, or train/ + valid/)."
+    )
+    cli.define_distribution_flags()
+    flags.DEFINE_bool(
+        "overwrite", False, "Delete a previous run in --workdir instead of resuming it."
+    )
+    flags.mark_flags_as_required(["workdir", "data_root"])
 
 
 def main(argv):
@@ -377,4 +389,5 @@ def _log_summary(config, plan, train_rows, valid_rows) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)
