@@ -56,6 +56,8 @@ VARIANTS = {
     "base": {},
     "lr_3e-3": {"train.learning_rate": 3e-3},
     "lr_3e-4": {"train.learning_rate": 3e-4},
+    "lr_1e-3": {"train.learning_rate": 1e-3},
+    "lr_6e-3": {"train.learning_rate": 6e-3},
     "no_augment": {"data.augment": False},
     "size_160": {"data.image_size": 160},
     "size_96": {"data.image_size": 96},

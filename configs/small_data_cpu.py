@@ -26,7 +26,7 @@ def get_config():
     config.model.decoder_filters = (128, 64, 32, 16, 16)
     config.train.steps = 1300
     config.train.epochs = 0
-    config.train.learning_rate = 1e-3
+    config.train.learning_rate = 3e-3
     config.train.lr_schedule = "cosine"
     config.train.warmup_steps = 50
     config.train.precision = "float32"
