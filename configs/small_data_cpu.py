@@ -19,12 +19,12 @@ from configs import nail_unet_effb4
 def get_config():
     """Returns the small-data CPU configuration."""
     config = nail_unet_effb4.get_config()
-    config.data.image_size = 128
+    config.data.image_size = 160
     config.data.batch_size = 16
     config.model.backbone = "resnet18"
     config.model.encoder_weights = "none"  # from scratch: nothing to download.
     config.model.decoder_filters = (128, 64, 32, 16, 16)
-    config.train.steps = 1300
+    config.train.steps = 1500
     config.train.epochs = 0
     config.train.learning_rate = 3e-3
     config.train.lr_schedule = "cosine"
