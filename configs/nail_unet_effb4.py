@@ -20,6 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     config.data.image_size = 384  # px; square side the model sees.
+    # stretch: resize each photo to the square | pad: keep its proportions, zero-pad to a square.
+    config.data.resize = "stretch"
     config.data.batch_size = 32  # global batch (all replicas together).
     config.data.balanced = False  # True: sample the groups (sub-folders) evenly.
     config.data.augment = True  # the seed's albumentations transforms when training.

@@ -56,6 +56,7 @@ BAD_VALUES = [
     ("data.num_parallel_calls", -1, "at least 0"),
     ("data.prefetch_batches", -2, "at least 0"),
     ("data.cache", "memory", "choose one of none, disk"),
+    ("data.resize", "crop", "choose one of stretch, pad"),
     ("data.cache_dir", None, "not a string"),
     ("model.arch", "segnet", "choose one of unet, fpn"),
     ("model.backbone", "resnet19", "did you mean resnet18?"),

@@ -110,3 +110,49 @@ def test_other_formats_are_decoded_whole(tmp_path):
 
     np.testing.assert_array_equal(image, pixels)
     np.testing.assert_array_equal(decode.upright_size(data, image), [300, 260])
+
+
+def test_pad_keeps_the_proportions_and_pads_the_bottom_and_right():
+    photo = np.full((40, 80, 3), 200, np.uint8)
+    mask = np.ones((40, 80, 1), np.uint8)
+
+    square = decode.to_model_square(tf.constant(photo), 32, "pad").numpy()
+    padded_mask = decode.resize_mask(decode.pad_to_square(tf.constant(mask)), 32).numpy()
+
+    assert square.shape == (32, 32, 3)
+    np.testing.assert_array_equal(square[:16], 200)  # the photo: 40 x 80 -> 16 x 32
+    np.testing.assert_array_equal(square[16:], 0)  # the padding
+    assert padded_mask[:16].all() and not padded_mask[16:].any()
+    stretched = decode.to_model_square(tf.constant(photo), 32, "stretch").numpy()
+    np.testing.assert_array_equal(stretched, 200)
+
+
+def test_load_pair_pads_photo_and_mask_alike(tmp_path):
+    photo = _smooth_photo(60, 100)
+    mask = np.zeros((60, 100), np.uint8)
+    mask[10:30, 20:60] = 255
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+
+    image, resized_mask = decode.load_pair(
+        str(tmp_path / "photo.png"), str(tmp_path / "mask.png"), 50, "pad"
+    )
+
+    assert image.shape == (50, 50, 3) and resized_mask.shape == (50, 50, 1)
+    assert not image.numpy()[31:].any() and not resized_mask.numpy()[30:].any()
+    np.testing.assert_array_equal(resized_mask.numpy()[5:15, 10:30], 1)  # 10:30 x 20:60 halved
+
+
+@pytest.mark.parametrize("resize", ["stretch", "pad"])
+def test_probabilities_go_back_to_the_photo_as_the_photo_came(resize):
+    from trainer import serving
+
+    rows, cols = np.mgrid[0:30, 0:70]
+    probabilities = ((rows + cols) / 100.0).astype(np.float32)[..., None]
+    as_photo = tf.constant((probabilities * 255).round().astype(np.uint8).repeat(3, -1))
+    square = tf.cast(decode.to_model_square(as_photo, 64, resize)[..., :1], tf.float32) / 255.0
+
+    restored = serving.resize_probabilities(square, 30, 70, resize).numpy()
+
+    assert restored.shape == (30, 70, 1)
+    assert np.abs(restored - probabilities).mean() < 0.01

@@ -211,3 +211,19 @@ def test_an_export_stores_its_threshold_and_masks_by_it(tmp_path):
     )
     assert inference.load_trained_model(export).threshold == 0.52
     assert workdir_lib.read_json(os.path.join(export, serving.METADATA_FILE))["threshold"] == 0.52
+
+
+def test_a_padding_export_keeps_the_proportions_and_says_so(tmp_path):
+    export = str(tmp_path / "export")
+    network = _small_network()
+    serving.export_saved_model(network, export, resize="pad")
+    saved_model = tf.saved_model.load(export)
+    images = np.random.default_rng(1).integers(0, 256, [1, 4, 8, 3], dtype=np.uint8)
+
+    served = saved_model.signatures["serve_images"](images=images)["probabilities"].numpy()
+
+    # 4 x 8 padded to 8 x 8 is the model's size: the network sees the photo unresized.
+    square = np.zeros([1, 8, 8, 3], np.float32)
+    square[:, :4] = images / 255.0
+    np.testing.assert_allclose(served, network(square).numpy()[:, :4], atol=1e-5)
+    assert inference.load_trained_model(export).resize == "pad"

@@ -18,7 +18,7 @@ from typing import Any
 
 from trainer import config_fields, optim
 from trainer import model as model_lib
-from trainer.data import cache
+from trainer.data import cache, decode
 from trainer.errors import UserError
 
 import ml_collections
@@ -149,6 +149,7 @@ def encoder_weights(value) -> str | None:
 # configs get one line here; validate() rejects fields missing from this table.
 FIELDS: dict[str, Check] = {
     "data.image_size": whole(minimum=1),
+    "data.resize": choice(decode.RESIZE_MODES),
     "data.batch_size": whole(minimum=1),
     "data.balanced": boolean(),
     "data.augment": boolean(),

@@ -106,6 +106,7 @@ def count_confusions(
     data_config = ml_collections.ConfigDict(
         {
             "image_size": trained.image_size,
+            "resize": trained.resize,
             "batch_size": global_batch_size,
             "balanced": False,
             "augment": False,
@@ -137,6 +138,7 @@ def count_confusions(
         return strategy.run(replica_step, args=batch)
 
     mask_paths = rows["masks"].astype(str).to_numpy()
+    photo_confusions = _photo_confusions_fn(trained.resize)
     counts = np.zeros([len(rows), len(THRESHOLDS), 3], np.int64)
     times_seen = np.zeros(len(rows), np.int64)
     for batch in strategy.distribute_datasets_from_function(dataset_fn):
@@ -146,7 +148,7 @@ def count_confusions(
             indices = indices.numpy()[real]
             if resolution == "photo":
                 for index, probabilities in zip(indices, tf.boolean_mask(replica_results, real)):
-                    counts[index] = _photo_confusions(probabilities, mask_paths[index]).numpy()
+                    counts[index] = photo_confusions(probabilities, mask_paths[index]).numpy()
             else:
                 counts[indices] = replica_results.numpy()[real]
             np.add.at(times_seen, indices, 1)  # counts repeats within a batch too
@@ -164,15 +166,19 @@ def _confusions(masks: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
     return tf.stack(counts, axis=1)
 
 
-@tf.function(
-    input_signature=[tf.TensorSpec([None, None, 1], tf.float32), tf.TensorSpec([], tf.string)]
-)
-def _photo_confusions(probabilities: tf.Tensor, mask_path: tf.Tensor) -> tf.Tensor:
-    """int64 `[len(THRESHOLDS), 3]` of one photo, its probabilities resized to its mask's size."""
-    mask = decode.decode_mask(mask_path)
-    size = tf.shape(mask)
-    at_photo_size = serving.resize_probabilities(probabilities, size[0], size[1])
-    return _confusions(tf.cast(mask, tf.float32)[None], at_photo_size[None])[0]
+def _photo_confusions_fn(resize: str):
+    """`(probabilities [s, s, 1], mask path) -> [len(THRESHOLDS), 3]` at the mask's own size."""
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, None, 1], tf.float32), tf.TensorSpec([], tf.string)]
+    )
+    def photo_confusions(probabilities, mask_path):
+        mask = decode.decode_mask(mask_path)
+        size = tf.shape(mask)
+        at_photo_size = serving.resize_probabilities(probabilities, size[0], size[1], resize)
+        return _confusions(tf.cast(mask, tf.float32)[None], at_photo_size[None])[0]
+
+    return photo_confusions
 
 
 def per_image_table(rows: pd.DataFrame, counts: np.ndarray) -> pd.DataFrame:

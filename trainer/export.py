@@ -158,10 +158,12 @@ def calibration_rows(trained: inference.TrainedModel, data_root: str | None) -> 
     return train
 
 
-def calibration_images(rows: pd.DataFrame, size_px: int, count: int) -> np.ndarray:
+def calibration_images(
+    rows: pd.DataFrame, size_px: int, count: int, resize: str = "stretch"
+) -> np.ndarray:
     """float32 `[n, size_px, size_px, 3]` in 0..1: up to `count` rows spread over the manifest."""
     chosen = np.unique(np.linspace(0, len(rows) - 1, num=min(count, len(rows))).round().astype(int))
-    images = [decode.load_image(rows["images"].iloc[i], size_px) for i in chosen]
+    images = [decode.load_image(rows["images"].iloc[i], size_px, resize) for i in chosen]
     return np.stack([image.numpy() for image in images]).astype(np.float32) / 255.0
 
 
@@ -212,12 +214,16 @@ def main(argv):
     output = FLAGS.output or default_output(trained.path, FLAGS.format, FLAGS.quantize)
 
     if FLAGS.format == "saved_model":
-        serving.export_saved_model(trained.keras_model, output, threshold=threshold)
+        serving.export_saved_model(
+            trained.keras_model, output, threshold=threshold, resize=trained.resize
+        )
     else:
         calibration = None
         if FLAGS.quantize == "int8":
             rows = calibration_rows(trained, FLAGS.data_root)
-            calibration = calibration_images(rows, trained.image_size, FLAGS.num_calibration_images)
+            calibration = calibration_images(
+                rows, trained.image_size, FLAGS.num_calibration_images, trained.resize
+            )
             logging.info("Calibrating int8 on %d training images", len(calibration))
         payload = tflite_bytes(
             trained.keras_model, quantize=FLAGS.quantize, calibration=calibration
@@ -225,7 +231,9 @@ def main(argv):
         metadata = {
             "image_size": trained.image_size,
             "threshold": threshold,
-            "input": "float32 [1, s, s, 3], RGB in 0..1, the photo resized to s x s",
+            "resize": trained.resize,
+            "input": "float32 [1, s, s, 3], RGB in 0..1: the photo resized to s x s "
+            "(resize 'pad': zero-padded at the bottom and right to a square first)",
             "output": "float32 [1, s, s, 1], foreground probability; foreground where > threshold",
         }
         workdir_lib.write_bytes(output, with_tflite_metadata(payload, metadata))

@@ -40,6 +40,7 @@ class TrainedModel:
         threshold: the probability above which a pixel is foreground: an
             export's chosen one (`trainer.export --threshold`), 0.5 for a work
             directory.
+        resize: how a photo becomes the model's square (`data.resize`).
     """
 
     predict: Callable[[tf.Tensor], tf.Tensor]
@@ -50,6 +51,7 @@ class TrainedModel:
     keras_model: tf.keras.Model | None = None
     handle: object = None
     threshold: float = serving.DEFAULT_THRESHOLD
+    resize: str = "stretch"
 
 
 def model_kind(path: str) -> str:
@@ -124,7 +126,10 @@ def _load_workdir(workdir: str) -> TrainedModel:
     def predict(images):
         return serving.model_probabilities(model, images)
 
-    return TrainedModel(predict, image_size, workdir, WORKDIR, config=config, keras_model=model)
+    resize = config["data"].get("resize", "stretch")  # runs before data.resize stretched
+    return TrainedModel(
+        predict, image_size, workdir, WORKDIR, config=config, keras_model=model, resize=resize
+    )
 
 
 def _load_export(directory: str) -> TrainedModel:
@@ -145,4 +150,7 @@ def _load_export(directory: str) -> TrainedModel:
         return serve_images(images=images)["probabilities"]
 
     logging.info("Loaded the SavedModel %s (%d px, threshold %g)", directory, image_size, threshold)
-    return TrainedModel(predict, image_size, directory, EXPORT, handle=loaded, threshold=threshold)
+    resize = metadata.get("resize", "stretch")
+    return TrainedModel(
+        predict, image_size, directory, EXPORT, handle=loaded, threshold=threshold, resize=resize
+    )

@@ -37,7 +37,9 @@ class Samples:
     names: list[str]
 
 
-def take_samples(rows: pd.DataFrame, image_size: int, num_samples: int = 8) -> Samples:
+def take_samples(
+    rows: pd.DataFrame, image_size: int, num_samples: int = 8, resize: str = "stretch"
+) -> Samples:
     """Decodes `num_samples` rows spread evenly over `rows`, as validation decodes them.
 
     Rows are sorted by path and groups are folders, so spreading the picks
@@ -47,7 +49,9 @@ def take_samples(rows: pd.DataFrame, image_size: int, num_samples: int = 8) -> S
     chosen = np.unique(np.linspace(0, len(rows) - 1, num=count).round().astype(int))
     images, masks = [], []
     for i in chosen:
-        image, mask = decode.load_pair(rows["images"].iloc[i], rows["masks"].iloc[i], image_size)
+        image, mask = decode.load_pair(
+            rows["images"].iloc[i], rows["masks"].iloc[i], image_size, resize
+        )
         images.append(image.numpy())
         masks.append(mask.numpy())
     names = [os.path.basename(rows["images"].iloc[i]) for i in chosen]

@@ -106,7 +106,9 @@ def output_names(paths: list[str]) -> list[str]:
     return names
 
 
-def make_photo_dataset(paths: list[str], size_px: int, photos_per_batch: int) -> tf.data.Dataset:
+def make_photo_dataset(
+    paths: list[str], size_px: int, photos_per_batch: int, resize: str = "stretch"
+) -> tf.data.Dataset:
     """Batches of `(index, photo, height_width, resized)` for the readable photos.
 
     photo: uint8 `[b, H, W, 3]`, the batch's photos zero-padded to the largest;
@@ -118,7 +120,8 @@ def make_photo_dataset(paths: list[str], size_px: int, photos_per_batch: int) ->
         encoded = tf.io.read_file(path)
         photo = decode.decode_image_bytes(encoded)  # whole, for the overlay
         # The network's input is made as in training (a large JPEG decoded reduced).
-        resized = decode.resize_image(decode.decode_image_for_model(encoded, size_px), size_px)
+        for_model = decode.decode_image_for_model(encoded, size_px)
+        resized = decode.to_model_square(for_model, size_px, resize)
         return index, photo, tf.shape(photo)[:2], resized
 
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
@@ -208,7 +211,7 @@ def predict_files(
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as writers:
         pending, next_index = collections.deque(), 0
         for indices, photos, sizes, resized in make_photo_dataset(
-            paths, trained.image_size, photos_per_batch
+            paths, trained.image_size, photos_per_batch, trained.resize
         ):
             probabilities = predict(resized)
             for index, photo, (height, width), one in zip(
@@ -216,7 +219,7 @@ def predict_files(
             ):
                 skip(next_index, index)
                 next_index = index + 1
-                restored = serving.resize_probabilities(one, height, width).numpy()
+                restored = serving.resize_probabilities(one, height, width, trained.resize).numpy()
                 pending.append(writers.submit(write, index, photo[:height, :width], restored))
             while len(pending) > 2 * photos_per_batch:  # bounds the photos held in memory
                 pending.popleft().result()

@@ -22,8 +22,9 @@ Serving and other clients need no preprocessing of their own:
                       mask: uint8 [batch, height, width, 1]
 
 Inside the graph an image is resized to the model's square input as training
-resized it (antialiased bilinear, rounded to uint8), divided by 255, and the
-probabilities are resized back (bilinear). `assets.extra/trainer.json` records
+resized it (zero-padded to a square first under `data.resize=pad`; area or
+antialiased bilinear, rounded to uint8), divided by 255, and the probabilities
+are resized back (bilinear; the padding cut off). `assets.extra/trainer.json` records
 the model's input size and the threshold (`trainer.export --threshold`, 0.5
 unless chosen); TensorFlow Serving ignores that folder.
 
@@ -46,9 +47,17 @@ IMAGES_SIGNATURE = "serve_images"
 # ---------------------------------------------------------------- graph pieces
 
 
-def resize_probabilities(probabilities: tf.Tensor, height, width) -> tf.Tensor:
-    """Resizes probabilities `[..., s, s, 1]` back to `[..., height, width, 1]` (bilinear)."""
-    return tf.image.resize(probabilities, tf.stack([height, width]), antialias=True)
+def resize_probabilities(probabilities: tf.Tensor, height, width, resize="stretch") -> tf.Tensor:
+    """Brings probabilities `[..., s, s, 1]` back to their photo's `[..., height, width, 1]`.
+
+    Bilinear; with `resize="pad"` (`decode.RESIZE_MODES`) the square is resized
+    to the photo's long side and the padding cut off.
+    """
+    if resize != "pad":
+        return tf.image.resize(probabilities, tf.stack([height, width]), antialias=True)
+    side = tf.maximum(height, width)
+    square = tf.image.resize(probabilities, tf.stack([side, side]), antialias=True)
+    return square[..., :height, :width, :]
 
 
 def model_probabilities(model: tf.keras.Model, images: tf.Tensor) -> tf.Tensor:
@@ -58,7 +67,9 @@ def model_probabilities(model: tf.keras.Model, images: tf.Tensor) -> tf.Tensor:
     return tf.cast(model(inputs, training=False), tf.float32)
 
 
-def make_signatures(model: tf.keras.Model, threshold: float = DEFAULT_THRESHOLD) -> dict:
+def make_signatures(
+    model: tf.keras.Model, threshold: float = DEFAULT_THRESHOLD, resize: str = "stretch"
+) -> dict:
     """The `serving_default` and `serve_images` functions of an export (module docstring)."""
     size_px = model.input_shape[1]
 
@@ -68,15 +79,17 @@ def make_signatures(model: tf.keras.Model, threshold: float = DEFAULT_THRESHOLD)
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serve_images(images):
         shape = tf.shape(images)
-        probabilities = model_probabilities(model, decode.resize_image(images, size_px))
-        return with_mask({"probabilities": resize_probabilities(probabilities, shape[1], shape[2])})
+        square = decode.to_model_square(images, size_px, resize)
+        probabilities = model_probabilities(model, square)
+        restored = resize_probabilities(probabilities, shape[1], shape[2], resize)
+        return with_mask({"probabilities": restored})
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_encoded(image_bytes):
         def decode_one(data):
             # Upright (EXIF orientation); a large JPEG decoded reduced, as in training.
             image = decode.decode_image_for_model(data, size_px)
-            return decode.resize_image(image, size_px), decode.upright_size(data, image)
+            return decode.to_model_square(image, size_px, resize), decode.upright_size(data, image)
 
         # Photos of different sizes cannot be stacked: each is decoded and resized
         # to the model's size alone, the network runs on the stacked batch, and
@@ -94,7 +107,7 @@ def make_signatures(model: tf.keras.Model, threshold: float = DEFAULT_THRESHOLD)
 
         def restore(args):
             one, size = args
-            one = resize_probabilities(one, size[0], size[1])
+            one = resize_probabilities(one, size[0], size[1], resize)
             return tf.pad(one, [[0, max_size[0] - size[0]], [0, max_size[1] - size[1]], [0, 0]])
 
         restored = tf.map_fn(
@@ -111,7 +124,11 @@ def make_signatures(model: tf.keras.Model, threshold: float = DEFAULT_THRESHOLD)
 
 
 def export_saved_model(
-    model: tf.keras.Model, directory: str, *, threshold: float = DEFAULT_THRESHOLD
+    model: tf.keras.Model,
+    directory: str,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    resize: str = "stretch",
 ) -> str:
     """Writes `model` as a SavedModel at `directory`, replacing what was there.
 
@@ -123,6 +140,7 @@ def export_saved_model(
         directory: the export folder (any `tf.io.gfile` path).
         threshold: the probability above which a pixel is foreground, in the
             `mask` outputs and the metadata predict reads.
+        resize: how the model was trained to see a photo (`data.resize`).
 
     Returns:
         `directory`.
@@ -138,11 +156,12 @@ def export_saved_model(
         needed_bytes=lambda: workdir_lib.variables_bytes(model.weights),
     ):
         try:
-            signatures = make_signatures(model, threshold)
+            signatures = make_signatures(model, threshold, resize)
             tf.saved_model.save(model, temporary, signatures=signatures)
             metadata = {
                 "image_size": int(model.input_shape[1]),
                 "threshold": float(threshold),
+                "resize": resize,
                 "signatures": [DEFAULT_SIGNATURE, IMAGES_SIGNATURE],
             }
             workdir_lib.write_json(os.path.join(temporary, METADATA_FILE), metadata)

@@ -173,6 +173,7 @@ def train_and_evaluate(
                 cache_dir,
                 num_parallel_calls=num_parallel_calls,
                 shard=shard,
+                resize=config.data.resize,
             )
             for rows in (train_rows, valid_rows)
         )
@@ -240,7 +241,9 @@ def train_and_evaluate(
     writer = report.MetricsWriter(workdir, enabled=is_chief, wandb_run=wandb_run)
     samples = None
     if config.log.num_samples > 0:
-        samples = pictures.take_samples(valid_rows, config.data.image_size, config.log.num_samples)
+        samples = pictures.take_samples(
+            valid_rows, config.data.image_size, config.log.num_samples, config.data.resize
+        )
     total_steps = plan["total_steps"]
     bar = progress.Progress(start_step, total_steps)
     stop = preemption.StopRequest().install()
@@ -300,7 +303,9 @@ def train_and_evaluate(
             logging.warning("%s", message)
             print(message, flush=True)
             return results
-        results.update(_finish(save_dir, trainee.model, is_chief=is_chief))
+        results.update(
+            _finish(save_dir, trainee.model, is_chief=is_chief, resize=config.data.resize)
+        )
         return results
     finally:
         # A failing cleanup (a flush on a full disk) must not replace the error
@@ -322,10 +327,12 @@ def _record_evaluation(save_dir, model, state, writer, step, results):
         best_lib.save_best_weights(save_dir, model, step=step, results=values)
 
 
-def _finish(save_dir: str, model: tf.keras.Model, *, is_chief: bool) -> dict:
+def _finish(save_dir: str, model: tf.keras.Model, *, is_chief: bool, resize: str) -> dict:
     """Exports the best weights as a SavedModel and, on the chief, plots the curves."""
     record = best_lib.load_best_weights(save_dir, model)
-    export_dir = serving.export_saved_model(model, os.path.join(save_dir, workdir_lib.EXPORT_DIR))
+    export_dir = serving.export_saved_model(
+        model, os.path.join(save_dir, workdir_lib.EXPORT_DIR), resize=resize
+    )
     if not is_chief:
         return {"best": record, "export_dir": None}
     curves = report.plot_curves(save_dir)

@@ -83,6 +83,7 @@ def ensure_cached(
     *,
     num_parallel_calls: int,
     shard: tuple[int, int] = (0, 1),
+    resize: str = "stretch",
 ) -> pd.DataFrame:
     """Caches the pairs of this input pipeline's shard not cached yet.
 
@@ -96,6 +97,7 @@ def ensure_cached(
         folder: the cache folder (created if missing).
         num_parallel_calls: pairs decoded at once.
         shard: `(shard_index, num_shards)`: the input pipeline this host runs.
+        resize: the config's `data.resize` (`decode.RESIZE_MODES`).
 
     Returns:
         A copy of `frame` with a column `COLUMN`: the cache file of each row of
@@ -108,10 +110,12 @@ def ensure_cached(
     """
     shard_index, num_shards = shard
     rows = np.arange(shard_index, len(frame), num_shards)
-    size_folder = os.path.join(folder, f"{size_px}px")
+    size_folder = os.path.join(
+        folder, f"{size_px}px" + ("" if resize == "stretch" else f"_{resize}")
+    )
     images = frame["images"].astype(str).to_numpy()[rows].tolist()
     masks = frame["masks"].astype(str).to_numpy()[rows].tolist()
-    names = _names(images, masks, size_px)
+    names = _names(images, masks, f"{size_px}|{resize}")
     paths = [os.path.join(size_folder, name) for name in names]
     try:
         tf.io.gfile.makedirs(size_folder)
@@ -119,7 +123,7 @@ def ensure_cached(
         missing = [index for index, name in enumerate(names) if name not in present]
         failed = []
         if missing:
-            failed = _build(images, masks, paths, missing, size_px, num_parallel_calls)
+            failed = _build(images, masks, paths, missing, size_px, resize, num_parallel_calls)
         else:
             logging.info("Data cache: all %d pairs at %d px are in %s", len(names), size_px, folder)
     except (tf.errors.OpError, OSError) as error:
@@ -136,7 +140,7 @@ def ensure_cached(
     return frame.assign(**{COLUMN: cached})
 
 
-def _build(images, masks, paths, missing, size_px: int, num_parallel_calls: int) -> list[int]:
+def _build(images, masks, paths, missing, size_px, resize, num_parallel_calls) -> list[int]:
     """Decodes and writes the `missing` pairs; returns those that could not be decoded."""
     workdir.check_free_space(
         os.path.dirname(paths[0]),
@@ -158,6 +162,7 @@ def _build(images, masks, paths, missing, size_px: int, num_parallel_calls: int)
         [masks[index] for index in missing],
         [paths[index] for index in missing],
         size_px,
+        resize,
         num_parallel_calls,
     )
     logging.info(
@@ -187,7 +192,7 @@ def _report_failures(failed_rows: list[int], images, masks, num_pairs: int) -> N
     )
 
 
-def _names(images: list[str], masks: list[str], size_px: int) -> list[str]:
+def _names(images: list[str], masks: list[str], geometry: str) -> list[str]:
     """Cache file names: a hash of both files' identity and the resize."""
     with futures.ThreadPoolExecutor(max_workers=16) as pool:  # stat is I/O: on a bucket, slow
         image_stamps = list(pool.map(_stamp, images))
@@ -196,7 +201,7 @@ def _names(images: list[str], masks: list[str], size_px: int) -> list[str]:
     for image, image_stamp, mask, mask_stamp in zip(
         images, image_stamps, masks, mask_stamps, strict=True
     ):
-        key = f"{FORMAT_VERSION}|{size_px}|{image}|{image_stamp}|{mask}|{mask_stamp}"
+        key = f"{FORMAT_VERSION}|{geometry}|{image}|{image_stamp}|{mask}|{mask_stamp}"
         names.append(hashlib.sha1(key.encode()).hexdigest()[:24] + _SUFFIX)
     return names
 
@@ -214,11 +219,11 @@ def _stamp(path: str) -> str:
     return f"{stat.length}:{stat.mtime_nsec}"
 
 
-def _write_missing(images, masks, paths, size_px: int, num_parallel_calls: int) -> set[int]:
+def _write_missing(images, masks, paths, size_px, resize, num_parallel_calls) -> set[int]:
     """Decodes pairs in parallel and writes each; returns the indices written."""
     dataset = tf.data.Dataset.from_tensor_slices((images, masks, tf.range(len(paths))))
     dataset = dataset.map(
-        lambda image, mask, index: (*decode.load_pair(image, mask, size_px), index),
+        lambda image, mask, index: (*decode.load_pair(image, mask, size_px, resize), index),
         num_parallel_calls=num_parallel_calls,
         deterministic=False,
     )

@@ -14,6 +14,10 @@ upright photo.
 import tensorflow as tf
 
 BINARY_THRESHOLD = 127  # masks saved as 0/255 images; JPEG noise lands on either side.
+# How a photo becomes the model's square (`data.resize`): "stretch" resizes it to
+# the square, changing its proportions; "pad" first zero-pads it at the bottom
+# and right to a square of its long side, keeping them.
+RESIZE_MODES = ("stretch", "pad")
 
 # TensorFlow's decoders ignore EXIF (tensorflow/tensorflow#8430), and PIL inside
 # tf.data would hold the GIL and cannot go into a SavedModel, so the tag is read
@@ -183,9 +187,24 @@ def decode_image_for_model(encoded: tf.Tensor, size_px: int) -> tf.Tensor:
     return apply_orientation(tf.ensure_shape(image, [None, None, 3]), exif_orientation(encoded))
 
 
-def load_image(path: tf.Tensor, size_px: int) -> tf.Tensor:
+def load_image(path: tf.Tensor, size_px: int, resize: str = "stretch") -> tf.Tensor:
     """Reads an image file as the model sees it: uint8 `[size_px, size_px, 3]`, upright."""
-    return resize_image(decode_image_for_model(tf.io.read_file(path), size_px), size_px)
+    return to_model_square(decode_image_for_model(tf.io.read_file(path), size_px), size_px, resize)
+
+
+def pad_to_square(image: tf.Tensor) -> tf.Tensor:
+    """Zero-pads images `[..., h, w, c]` at the bottom and right to a square of the long side."""
+    height, width = tf.shape(image)[-3], tf.shape(image)[-2]
+    side = tf.maximum(height, width)
+    paddings = [[0, 0]] * (image.shape.rank - 3) + [[0, side - height], [0, side - width], [0, 0]]
+    return tf.pad(image, paddings)
+
+
+def to_model_square(image: tf.Tensor, size_px: int, resize: str = "stretch") -> tf.Tensor:
+    """uint8 images `[..., h, w, 3]` -> the model's `[..., size_px, size_px, 3]` by `resize`."""
+    if resize == "pad":
+        image = pad_to_square(image)
+    return resize_image(image, size_px)
 
 
 def decode_image(path: tf.Tensor) -> tf.Tensor:
@@ -259,13 +278,21 @@ def resize_mask(mask: tf.Tensor, size_px: int) -> tf.Tensor:
     return tf.cast(mask >= 0.5, tf.uint8)
 
 
-def load_pair(image_path: tf.Tensor, mask_path: tf.Tensor, size_px: int):
+def load_pair(image_path: tf.Tensor, mask_path: tf.Tensor, size_px: int, resize: str = "stretch"):
     """Decodes an image and its mask and resizes both, as training and evaluation see them.
+
+    Args:
+        image_path, mask_path: the pair's files.
+        size_px: the model's input side.
+        resize: "stretch" or "pad" (`RESIZE_MODES`); padding is background in the mask.
 
     Returns:
         uint8 image `[size_px, size_px, 3]`, uint8 mask `[size_px, size_px, 1]` in {0, 1}.
     """
-    return load_image(image_path, size_px), resize_mask(decode_mask(mask_path), size_px)
+    mask = decode_mask(mask_path)
+    if resize == "pad":
+        mask = pad_to_square(mask)
+    return load_image(image_path, size_px, resize), resize_mask(mask, size_px)
 
 
 def to_model_inputs(image: tf.Tensor, mask: tf.Tensor):

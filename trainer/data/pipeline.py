@@ -83,8 +83,8 @@ def make_dataset(
             pipeline), the pairs are read from the cache instead of decoded.
             `data_config.cache` is not read here: `train.train_and_evaluate`
             builds the cache; a loop of your own calls `ensure_cached` first.
-        data_config: the config's `data` group (image_size, batch_size, balanced,
-            augment, num_parallel_calls, prefetch_batches).
+        data_config: the config's `data` group (image_size, resize, batch_size,
+            balanced, augment, num_parallel_calls, prefetch_batches).
         input_context: from `strategy.distribute_datasets_from_function`; None
             means a single pipeline feeding a single replica.
         training: endless, shuffled, augmented, `drop_remainder` batches if True;
@@ -122,7 +122,10 @@ def make_dataset(
         masks = tf.constant(frame["masks"].astype(str).to_numpy())
 
         def load(index, example_seed):
-            return (*decode.load_pair(images[index], masks[index], size_px), example_seed)
+            return (
+                *decode.load_pair(images[index], masks[index], size_px, data_config.resize),
+                example_seed,
+            )
 
     else:
         if frame[cache.COLUMN].isna().any():
