@@ -72,7 +72,8 @@ def test_an_export_holds_the_model_and_its_metadata(workdir):
     assert os.path.isfile(os.path.join(export, "saved_model.pb"))
     metadata = workdir_lib.read_json(os.path.join(export, serving.METADATA_FILE))
     signatures = ["serving_default", "serve_images"]
-    assert metadata == {"image_size": SIZE_PX, "signatures": signatures, "threshold": 0.5}
+    expected = {"image_size": SIZE_PX, "signatures": signatures, "threshold": 0.5}
+    assert metadata == {**expected, "resize": "stretch"}
     assert sorted(os.listdir(workdir)) == ["best", "config.json", "export"]  # no leftovers
 
 
