@@ -7,7 +7,9 @@ For a folder of real photos with masks (the train/ + valid/ layout, or one
 folder that `prepare` splits) and no pretrained weights: no download, no GPU.
 The choices below were made with `python -m benchmarks.recipe` on a slice held
 out of a real data set's train/ split, one change at a time (see
-benchmarks/RESULTS.md); the valid/ split was scored once, at the end.
+benchmarks/RESULTS.md); the valid/ split was scored once, at the end. On
+Kvasir-SEG (800 train / 100 valid photos) it reached validation IoU 0.676 in
+21.8 minutes on 2 cores of an Intel Xeon.
 
 Same loss, optimizer and augmentations as configs/nail_unet_effb4.py; a
 ResNet-18 U-Net with a narrow decoder, float32 (CPUs gain nothing from float16).
