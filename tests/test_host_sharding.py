@@ -66,25 +66,20 @@ def frame(request, tmp_path_factory):
     return _write_pairs(tmp_path_factory.mktemp("pairs"), request.param)
 
 
-def test_training_hosts_see_every_example_once_per_epoch(frame):
+def test_training_hosts_see_every_example_once_per_epoch_in_per_replica_batches(frame):
     seen = []
     for host in range(NUM_HOSTS):
         dataset = pipeline.make_dataset(frame, _data_config(), _host_context(host), training=True)
         epoch = _shard_size(len(frame), host)
-        batches = epoch  # two epochs, in batches of 2 (one replica's)
-        numbers = [n for images, _ in dataset.take(batches) for n in _pair_numbers(images)]
+        batches = list(dataset.take(epoch))  # two epochs, in batches of 2 (one replica's)
+        for images, masks in batches:
+            assert images.shape == (GLOBAL_BATCH_SIZE // NUM_HOSTS, SIZE_PX, SIZE_PX, 3)
+            assert masks.shape == (GLOBAL_BATCH_SIZE // NUM_HOSTS, SIZE_PX, SIZE_PX, 1)
+        numbers = [n for images, _ in batches for n in _pair_numbers(images)]
         seen += numbers[:epoch]
         # The stream goes on past the epoch with the same shard, reshuffled.
         assert sorted(numbers[epoch : 2 * epoch]) == sorted(numbers[:epoch])
     assert sorted(seen) == list(range(len(frame)))
-
-
-def test_training_batches_have_the_per_replica_size_on_every_host(frame):
-    for host in range(NUM_HOSTS):
-        dataset = pipeline.make_dataset(frame, _data_config(), _host_context(host), training=True)
-        images, masks = next(iter(dataset))
-        assert images.shape == (GLOBAL_BATCH_SIZE // NUM_HOSTS, SIZE_PX, SIZE_PX, 3)
-        assert masks.shape == (GLOBAL_BATCH_SIZE // NUM_HOSTS, SIZE_PX, SIZE_PX, 1)
 
 
 def test_validation_hosts_run_equal_steps_and_weigh_every_example_once(frame):

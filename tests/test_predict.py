@@ -128,8 +128,8 @@ def test_unreadable_photos_are_returned_and_written_nowhere(trained, photo_dir, 
     assert os.listdir(tmp_path) == []
 
 
-def test_predict_uses_the_threshold_stored_in_the_export(trained, photo_dir, tmp_path, run_module):
-    from trainer import serving
+def test_predict_uses_the_threshold_stored_in_the_export(trained, photo_dir, tmp_path):
+    from trainer import inference, predict, serving
 
     import tensorflow as tf
 
@@ -139,18 +139,17 @@ def test_predict_uses_the_threshold_stored_in_the_export(trained, photo_dir, tmp
     # A threshold that splits this model's probabilities in half, far from 0.5's mask.
     threshold = float(np.clip(np.median(served.numpy()), 0.01, 0.99))
     serving.export_saved_model(trained.keras_model, export, threshold=threshold)
+    exported = inference.load_trained_model(export)
 
-    process = run_module(
-        "predict", f"--model={export}", f"--input={photo}", f"--output={tmp_path / 'out'}"
-    )
-
-    assert process.returncode == 0, process.stderr[-3000:]
-    assert f"threshold {threshold:g}" in process.stderr
-    loaded = tf.saved_model.load(export)
-    outputs = loaded.signatures["serving_default"](
+    assert predict.chosen_threshold(None, exported) == threshold
+    assert predict.chosen_threshold(0.7, exported) == 0.7
+    assert predict.chosen_threshold(None, trained) == 0.5
+    output = str(tmp_path / "out")
+    assert predict.predict_files(exported, [photo], output, threshold=threshold) == []
+    outputs = exported.handle.signatures["serving_default"](
         image_bytes=tf.constant([open(photo, "rb").read()])
     )
     expected = outputs["mask"][0, ..., 0].numpy() == 1
     np.testing.assert_array_equal(expected, outputs["probabilities"][0, ..., 0].numpy() > threshold)
-    mask = cv2.imread(str(tmp_path / "out" / "large_mask.png"), cv2.IMREAD_UNCHANGED) > 0
+    mask = cv2.imread(os.path.join(output, "large_mask.png"), cv2.IMREAD_UNCHANGED) > 0
     assert np.mean(mask == expected) >= 0.999

@@ -131,6 +131,11 @@ def make_photo_dataset(
     return dataset.prefetch(2)
 
 
+def chosen_threshold(flag_value: float | None, trained: inference.TrainedModel) -> float:
+    """`--threshold` when given, else the one stored with the model (0.5 for a work directory)."""
+    return trained.threshold if flag_value is None else flag_value
+
+
 def make_predict_fn(trained: inference.TrainedModel, *, tta: bool):
     """uint8 `[b, s, s, 3]` -> probabilities `[b, s, s, 1]`, mirrored-averaged if tta."""
 
@@ -239,7 +244,7 @@ def main(argv):
     inference.model_kind(FLAGS.model)  # a wrong path fails before any slow work
     paths = find_inputs(FLAGS.input)
     trained = inference.load_trained_model(FLAGS.model)
-    threshold = trained.threshold if FLAGS.threshold is None else FLAGS.threshold
+    threshold = chosen_threshold(FLAGS.threshold, trained)
     logging.info(
         "Predicting %d image(s) with %s, threshold %g", len(paths), trained.path, threshold
     )
