@@ -100,10 +100,7 @@ def linked_data_root(data_root: str, folder: str, *, final: bool, holdout_fracti
         }
     root = Path(folder) / "data"
     for split, rows in splits.items():
-        for column in ("images", "masks"):
-            (root / split / column).mkdir(parents=True)
-            for path in rows[column]:
-                (root / split / column / Path(path).name).symlink_to(Path(path).resolve())
+        runner.link_pairs(rows, root / split)
     return str(root)
 
 

@@ -312,6 +312,14 @@ def synthetic_data(num_images: int, image_px: int, *, seed: int = 0) -> Path:
     return root
 
 
+def link_pairs(pairs, folder: Path) -> None:
+    """FOLDER/images and FOLDER/masks holding links to the `images` and `masks` of `pairs`."""
+    for column in ("images", "masks"):
+        (folder / column).mkdir(parents=True)
+        for path in pairs[column]:
+            (folder / column / Path(path).name).symlink_to(Path(path).resolve())
+
+
 def real_photo_sets(data_root: str, count: int, phone_size: tuple[int, int]) -> dict[str, Path]:
     """The first `count` pairs of a real data set's train/ split, at their own size and a phone's.
 
@@ -341,22 +349,20 @@ def real_photo_sets(data_root: str, count: int, phone_size: tuple[int, int]) -> 
             continue
         shutil.rmtree(root, ignore_errors=True)
         print(f"  writing {count} photos of {name} to {root} ...", flush=True)
-        for column in ("images", "masks"):
-            (root / "part0" / column).mkdir(parents=True)
-        for image_path, mask_path in zip(pairs["images"], pairs["masks"]):
-            image_to = root / "part0" / "images" / Path(image_path).name
-            mask_to = root / "part0" / "masks" / (Path(mask_path).stem + ".png")
-            if root == own:
-                image_to.symlink_to(Path(image_path).resolve())
-                mask_to = mask_to.with_suffix(Path(mask_path).suffix)
-                mask_to.symlink_to(Path(mask_path).resolve())
-                continue
-            with Image.open(image_path) as photo:
-                photo.convert("RGB").resize(phone_size, Image.BICUBIC).save(
-                    image_to.with_suffix(".jpg"), quality=90
-                )
-            with Image.open(mask_path) as mask:
-                mask.convert("L").resize(phone_size, Image.NEAREST).save(mask_to)
+        if root == own:
+            link_pairs(pairs, root / "part0")
+        else:
+            for column in ("images", "masks"):
+                (root / "part0" / column).mkdir(parents=True)
+            for image_path, mask_path in zip(pairs["images"], pairs["masks"]):
+                image_to = root / "part0" / "images" / (Path(image_path).stem + ".jpg")
+                mask_to = root / "part0" / "masks" / (Path(mask_path).stem + ".png")
+                with Image.open(image_path) as photo:
+                    photo.convert("RGB").resize(phone_size, Image.BICUBIC).save(
+                        image_to, quality=90
+                    )
+                with Image.open(mask_path) as mask:
+                    mask.convert("L").resize(phone_size, Image.NEAREST).save(mask_to)
         (root / _DATA_COMPLETE).write_text(f"{len(pairs)} pairs\n")
     return {f"{name}, own size": own, f"{name}, {width}x{height}": phone}
 

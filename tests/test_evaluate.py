@@ -125,6 +125,7 @@ def test_photos_of_other_sizes_are_counted_at_their_own_size(workdir, valid_rows
 
 
 def test_model_resolution_counts_the_masks_as_validation_resizes_them(workdir, valid_rows):
+    from trainer import evaluate
     from trainer.data import decode
 
     counts = _count_in_process(workdir, valid_rows, global_batch_size=4, resolution="model")
@@ -132,7 +133,6 @@ def test_model_resolution_counts_the_masks_as_validation_resizes_them(workdir, v
     for image, mask in zip(valid_rows["images"], valid_rows["masks"]):
         _, resized = decode.load_pair(image, mask, 64)
         true_area.append(int(resized.numpy().sum()))
-    from trainer import evaluate
 
     at_half = counts[:, evaluate.THRESHOLDS.index(0.5)]
     assert (at_half[:, 0] + at_half[:, 2]).tolist() == true_area

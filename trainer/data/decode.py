@@ -160,11 +160,12 @@ def upright_size(encoded: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
         encoded: the file's bytes.
         image: the pixels `decode_image_for_model` made of them.
     """
+    jpeg = is_jpeg(encoded)
     if_jpeg = lambda: tf.image.extract_jpeg_shape(encoded)[:2]  # noqa: E731
-    stored = tf.cond(is_jpeg(encoded), if_jpeg, lambda: tf.shape(image)[:2])
+    stored = tf.cond(jpeg, if_jpeg, lambda: tf.shape(image)[:2])
     # The reduced pixels were turned upright already; the header's size is as stored.
     turned = exif_orientation(encoded) >= 5
-    return tf.where(turned & is_jpeg(encoded), tf.reverse(stored, [0]), stored)
+    return tf.where(turned & jpeg, tf.reverse(stored, [0]), stored)
 
 
 def decode_image_for_model(encoded: tf.Tensor, size_px: int) -> tf.Tensor:
@@ -261,15 +262,6 @@ def resize_image(image: tf.Tensor, size_px: int) -> tf.Tensor:
         lambda: tf.image.resize(image, [size_px, size_px], antialias=True),
     )
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
-
-
-def resize_pair(image: tf.Tensor, mask: tf.Tensor, size_px: int):
-    """Resizes an image (`resize_image`) and its mask (bilinear, re-binarised).
-
-    Returns:
-        uint8 image `[size_px, size_px, 3]`, uint8 mask `[size_px, size_px, 1]` in {0, 1}.
-    """
-    return resize_image(image, size_px), resize_mask(mask, size_px)
 
 
 def resize_mask(mask: tf.Tensor, size_px: int) -> tf.Tensor:
