@@ -32,9 +32,16 @@ def get_config() -> ml_collections.ConfigDict:
     # (s*s*4 bytes a pair: 0.56 MiB at 384 px); none: decode every time.
     config.data.cache = "disk"
     config.data.cache_dir = ""  # "" = WORKDIR/cache.
+    # Multi-class only (model.num_classes >= 2): mask value counted in neither loss nor metrics.
+    config.data.ignore_label = 255
+    # Names of the classes in logs, reports and pictures, class 0 first; () = defaults.
+    config.data.class_names = ()
 
     config.model = ml_collections.ConfigDict()
     config.model.arch = "unet"  # unet | fpn | linknet | pspnet
+    # 1: binary (one sigmoid channel, 0/255 masks); K >= 2: K softmax classes, class 0 the
+    # background, label-index masks holding 0..K-1.
+    config.model.num_classes = 1
     config.model.backbone = "efficientnetb4"  # any segmentation_models backbone.
     config.model.encoder_weights = "imagenet"  # imagenet | none | path to a local .h5 file.
     config.model.encoder_freeze = False  # True: train the decoder only.
@@ -51,6 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.lr_schedule = "constant"  # constant | cosine (after warmup).
     config.train.warmup_steps = 0  # linear warmup from 0 to learning_rate.
     config.train.weight_decay = 0.0
+    # Multi-class loss weight of each class, class 0 first; () = equal (normalised to mean 1).
+    config.train.class_weights = ()
     config.train.momentum = 0.9  # sgd only.
     config.train.precision = "mixed_float16"  # float32 | mixed_float16 | mixed_bfloat16
     config.train.jit_compile = False  # XLA-compile the train step.

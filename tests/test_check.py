@@ -32,16 +32,17 @@ def _rgb(size=(_W, _H)) -> np.ndarray:
     return np.full((*size[::-1], 3), 120, np.uint8)
 
 
-def _found(root: Path, rows: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+def _found(root: Path, rows: list[tuple[str, str]], **classes) -> dict[tuple[str, str], str]:
     """Runs the check on `rows` (paths relative to root): {(relative path, severity): messages}.
 
-    Two messages of one file and severity are joined by ' | '.
+    Two messages of one file and severity are joined by ' | '. `classes`:
+    `num_classes` and `ignore_label` for `check.check_pairs`.
     """
     frame = pd.DataFrame(
         [(str(root / image), str(root / mask)) for image, mask in rows], columns=["images", "masks"]
     )
     found = {}
-    for problem in check.check_pairs(frame, max_workers=2):
+    for problem in check.check_pairs(frame, max_workers=2, **classes):
         key = (Path(problem.path).relative_to(root).as_posix(), problem.severity)
         found[key] = f"{found[key]} | {problem.message}" if key in found else problem.message
     return found
@@ -231,14 +232,176 @@ def test_a_16_bit_label_mask_that_reads_as_empty_is_an_error(tmp_path):
     cv2.imwrite(str(tmp_path / "labels16.png"), labels)
     dim = (_half_mask() // 255 * 100).astype(np.uint8)  # 8 bits, all below the threshold
     _save(tmp_path / "dim.png", dim)
-    found = _found(tmp_path, [("image.png", "labels16.png"), ("image.png", "dim.png")])
+    faint = dim.copy()
+    faint[0, 1::2] = 90  # a soft map below the threshold rather than an area per value
+    _save(tmp_path / "faint.png", faint)
+    rows = [("image.png", "labels16.png"), ("image.png", "dim.png"), ("image.png", "faint.png")]
+    found = _found(tmp_path, rows)
     assert found == {
         ("labels16.png", "error"): (
             "16-bit mask with values up to 1: the trainer reads 8 bits, which leaves it empty; "
             "save it as an 8-bit PNG with values 0/255 or 0/1"
         ),
-        ("dim.png", "note"): (
+        # An area of one value below 128 reads as label indices: binarised, it is empty.
+        ("dim.png", "error"): _label_error("0, 100", 101),
+        ("faint.png", "note"): (
             "mask is empty (no foreground) | mask is not binary: 24 of 48 pixels (50.0%) are "
             "between 1 and 254; the trainer binarises it at 127"
         ),
     }
+    found = _found(tmp_path, [("image.png", "labels16.png")], num_classes=3)
+    assert found == {
+        ("labels16.png", "error"): (
+            "16-bit mask with values up to 1: the trainer reads 8 bits, which leaves it all "
+            "background; save it as an 8-bit PNG with label values 0..2"
+        ),
+    }
+
+
+# ---------------------------------------------------------------- classes
+
+
+def _label_error(values: str, count: int, ignored: str = "") -> str:
+    flag = f"num_classes={count}"
+    return (
+        f"mask holds label values {values} (a label-index mask of {count} classes{ignored}?); "
+        f"the binary trainer would binarise it at 127 and lose them: pass --config.model.{flag} "
+        f"to train (and --{flag} to prepare)"
+    )
+
+
+def _labels(size=(_W, _H), classes=(0, 1, 2)) -> np.ndarray:
+    """A label-index mask: one band of rows per class, each at least 3 pixels high."""
+    bands = np.array_split(np.arange(size[1]), len(classes))
+    pixels = np.zeros(size[::-1], np.uint8)
+    for value, rows in zip(classes, bands):
+        pixels[rows] = value
+    return pixels
+
+
+def test_binary_check_takes_label_index_masks_for_errors(tmp_path):
+    _save(tmp_path / "image.png", _rgb((16, 12)))
+    _save(tmp_path / "labels.png", _labels((16, 12)))
+    voc = _labels((16, 12), classes=(0, 1, 2, 12))
+    voc[:, 7] = 255  # VOC-style: the ignore label on boundaries
+    _save(tmp_path / "voc.png", voc)
+    many = np.zeros((12, 16), np.uint8)  # classes 0..9, a 6x3 tile each
+    many[:, :15] = np.kron(np.arange(10, dtype=np.uint8).reshape(2, 5), np.ones((6, 3), np.uint8))
+    _save(tmp_path / "many.png", many)
+    found = _found(
+        tmp_path,
+        [("image.png", "labels.png"), ("image.png", "voc.png"), ("image.png", "many.png")],
+    )
+    assert found == {
+        ("labels.png", "error"): _label_error("0, 1, 2", 3),
+        ("voc.png", "error"): _label_error("0, 1, 2, 12 and 255", 13, ", 255 ignored"),
+        ("many.png", "error"): _label_error("0, 1, 2, 3, 4, 5, 6, 7, ...", 10),
+    }
+    # As label indices of enough classes, they are clean.
+    assert _found(tmp_path, [("image.png", "labels.png")], num_classes=3) == {}
+
+
+def test_binary_check_does_not_take_0_255_masks_with_gray_edges_for_labels(tmp_path):
+    size = (64, 48)
+    _save(tmp_path / "image.png", _rgb(size))
+    box = np.zeros(size[::-1], np.uint8)
+    box[10:30, 20:50] = 255
+    disc = np.zeros(size[::-1], np.uint8)
+    cv2.circle(disc, (30, 24), 15, 255, -1, lineType=cv2.LINE_AA)  # antialiased edge
+    cv2.fillPoly(disc, [np.array([[2, 2], [14, 5], [6, 20]], np.int32)], 255, cv2.LINE_AA)
+    cv2.line(disc, (40, 44), (62, 30), 255, 1, lineType=cv2.LINE_AA)  # a thin line: no area
+    odd_box = np.roll(box, 1, axis=(0, 1))  # edges inside the 2x2 cells averaged below
+    small = cv2.resize(odd_box, (32, 24), interpolation=cv2.INTER_AREA)
+    for name, pixels in {"box": box, "disc": disc}.items():
+        for quality in (30, 75, 95):
+            _save(tmp_path / f"{name}_{quality}.jpg", pixels, quality=quality)
+    _save(tmp_path / "disc.png", disc)
+    _save(tmp_path / "small.png", small)
+    _save(tmp_path / "zero_one.png", (box // 255).astype(np.uint8))
+    masks = sorted(path.name for path in tmp_path.iterdir() if path.name != "image.png")
+    assert len(masks) == 9 and len(np.unique(disc)) > 10  # the edges are antialiased
+    assert len(np.unique(small)) > 2
+    found = _found(tmp_path, [("image.png", mask) for mask in masks])
+    assert {severity for _, severity in found} <= {"note", "warning"}, found
+    assert not any("label" in message for message in found.values())
+    assert ("disc.png", "note") in found and ("small.png", "note") in found
+    assert ("zero_one.png", "note") not in found
+
+
+def test_palette_png_indices_are_read_as_labels(tmp_path):
+    _save(tmp_path / "image.png", _rgb((16, 12)))
+    indices = Image.fromarray(_labels((16, 12)), mode="P")
+    indices.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0])  # VOC's first colours
+    indices.save(tmp_path / "palette.png")
+    assert Image.open(tmp_path / "palette.png").mode == "P"
+    rows = [("image.png", "palette.png")]
+    assert _found(tmp_path, rows) == {("palette.png", "error"): _label_error("0, 1, 2", 3)}
+    assert _found(tmp_path, rows, num_classes=3) == {}
+
+
+def test_multi_class_check_names_values_that_are_no_class(tmp_path):
+    _save(tmp_path / "image.png", _rgb((16, 12)))
+    masks = {
+        "clean.png": _labels((16, 12), classes=(0, 1, 2, 255)),
+        "three.png": _labels((16, 12), classes=(0, 3)),
+        "strays.png": _labels((16, 12), classes=(0, 1, 3, 7)),
+        "binary.png": _labels((16, 12), classes=(0, 255)),
+        "background.png": np.zeros((12, 16), np.uint8),
+        "ignored.png": np.full((12, 16), 255, np.uint8),
+        "half_scale.png": _labels((8, 6), classes=(0, 1)),
+    }
+    for name, pixels in masks.items():
+        _save(tmp_path / name, pixels)
+    _save(tmp_path / "noisy.jpg", _labels((16, 12)) * 80, quality=60)  # gray is no class
+    rows = [("image.png", name) for name in [*masks, "noisy.jpg"]]
+    found = _found(tmp_path, rows, num_classes=3, ignore_label=255)
+    assert found.pop(("noisy.jpg", "error")).endswith(
+        "; JPEG compression alters label values: save label masks as PNG"
+    )
+    suffix = "of --config.model.num_classes=3 (0..2) nor the ignore label 255"
+    assert found == {
+        ("three.png", "error"): f"value 3 is not a class {suffix}; relabel it or raise num_classes",
+        ("strays.png", "error"): (
+            f"values 3, 7 are not classes {suffix}; relabel them or raise num_classes"
+        ),
+        ("binary.png", "warning"): (
+            "mask holds only 0 and 255, as a 0/255 binary mask does: with "
+            "--config.model.num_classes=3, 255 is the ignore label, so all its foreground "
+            "would be ignored; set --config.model.num_classes=1 for binary masks"
+        ),
+        ("background.png", "note"): "no foreground class in this mask",
+        ("ignored.png", "note"): "every pixel is the ignore label 255: no loss counts this mask",
+        ("half_scale.png", "warning"): (
+            "mask is 8x6 but its image is 16x12; both are resized to the training size"
+        ),
+    }
+
+
+def test_multi_class_check_with_another_ignore_label(tmp_path):
+    _save(tmp_path / "image.png", _rgb((16, 12)))
+    _save(tmp_path / "binary.png", _labels((16, 12), classes=(0, 255)))
+    _save(tmp_path / "ignore.png", _labels((16, 12), classes=(0, 200)))
+    rows = [("image.png", "binary.png"), ("image.png", "ignore.png")]
+    assert _found(tmp_path, rows, num_classes=2, ignore_label=200) == {
+        ("binary.png", "error"): (
+            "value 255 is not a class of --config.model.num_classes=2 (0..1) nor the ignore "
+            "label 200; relabel it or raise num_classes; a 0/255 binary mask? set "
+            "--config.model.num_classes=1 for those"
+        ),
+        ("ignore.png", "note"): "no foreground class in this mask",
+    }
+
+
+def test_drop_unusable_checks_for_the_classes_given(tmp_path):
+    _save(tmp_path / "image.png", _rgb((16, 12)))
+    _save(tmp_path / "labels.png", _labels((16, 12)))
+    pairs = pd.DataFrame(
+        [(str(tmp_path / "image.png"), str(tmp_path / "labels.png"))], columns=["images", "masks"]
+    )
+    usable, problems, num_skipped = check.drop_unusable(pairs, [], max_workers=1)
+    assert (len(usable), num_skipped, problems[0].severity) == (0, 1, "error")
+    usable, problems, num_skipped = check.drop_unusable(
+        pairs, [], max_workers=1, num_classes=3, ignore_label=255
+    )
+    assert (len(usable), num_skipped, problems) == (1, 0, [])
+    assert check.check_pair(str(tmp_path / "image.png"), str(tmp_path / "labels.png"))

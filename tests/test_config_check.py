@@ -58,6 +58,12 @@ BAD_VALUES = [
     ("data.cache", "memory", "choose one of none, disk"),
     ("data.resize", "crop", "choose one of stretch, pad"),
     ("data.cache_dir", None, "not a string"),
+    ("data.ignore_label", 256, "at most 255"),
+    ("data.ignore_label", -1, "at least 0"),
+    ("data.class_names", "nail", "not a tuple"),
+    ("data.class_names", ("background", ""), "entry 1 (''): is empty"),
+    ("model.num_classes", 0, "at least 1"),
+    ("model.num_classes", 2.0, "not a whole number"),
     ("model.arch", "segnet", "choose one of unet, fpn"),
     ("model.backbone", "resnet19", "did you mean resnet18?"),
     ("model.encoder_weights", "/nonexistent/weights.h5", "no such file"),
@@ -75,6 +81,8 @@ BAD_VALUES = [
     ("train.lr_schedule", "linear", "choose one of cosine, constant"),
     ("train.warmup_steps", -1, "at least 0"),
     ("train.weight_decay", -0.1, "at least 0"),
+    ("train.class_weights", (1.0, 0.0), "entry 1 (0.0): must be above 0"),
+    ("train.class_weights", 2.0, "not a tuple"),
     ("train.momentum", 1.5, "at most 1"),
     ("train.precision", "fp8", "choose one of float32, mixed_float16, mixed_bfloat16"),
     ("train.jit_compile", "xla", "True or False"),
@@ -119,6 +127,21 @@ def test_every_field_has_a_bad_value_case():
         ),
         ({"train.steps": 0, "train.epochs": 0}, "--config.train.steps=0: ", "epochs=0 too"),
         (
+            {"model.num_classes": 3, "train.class_weights": (1.0, 2.0)},
+            "--config.train.class_weights=(1.0, 2.0): ",
+            "has 2 entries for --config.model.num_classes=3",
+        ),
+        (
+            {"model.num_classes": 3, "data.class_names": ("bg", "nail")},
+            "--config.data.class_names=('bg', 'nail'): ",
+            "give one per class",
+        ),
+        (
+            {"model.num_classes": 3, "data.ignore_label": 2},
+            "--config.data.ignore_label=2: ",
+            "is one of the classes 0..2",
+        ),
+        (
             {"log.wandb": True, "log.wandb_project": " "},
             "--config.log.wandb_project=' ': ",
             "name a project",
@@ -131,6 +154,17 @@ def test_rules_across_fields(fields, start, words):
 
 
 def test_fields_that_are_fine_together_pass():
+    config_check.validate(
+        _config(
+            **{
+                "model.num_classes": 3,
+                "data.class_names": ("background", "nail", "tip"),
+                "train.class_weights": (0.5, 1.0, 2.0),
+            }
+        )
+    )
+    # Binary runs do not use the ignore label (255 is foreground in 0/255 masks).
+    config_check.validate(_config(**{"model.num_classes": 1, "data.ignore_label": 0}))
     config_check.validate(_config(**{"model.arch": "pspnet", "data.image_size": 96}))
     config_check.validate(_config(**{"model.arch": "UNet", "model.sync_batchnorm": True}))
     config_check.validate(

@@ -116,7 +116,7 @@ def test_photos_of_other_sizes_are_counted_at_their_own_size(workdir, valid_rows
 
     counts = _count_in_process(workdir, rows, global_batch_size=4)
 
-    at_half = counts[:, evaluate.THRESHOLDS.index(0.5)]
+    at_half = counts[:, evaluate.THRESHOLDS.index(0.5), 0]  # the one channel of a binary model
     assert (at_half[:, 0] + at_half[:, 2]).tolist() == true_area  # tp + fn
     assert (at_half.sum(axis=1) <= all_pixels).all()
     at_model_size = _count_in_process(workdir, valid_rows, 4, resolution="model")
@@ -134,7 +134,7 @@ def test_model_resolution_counts_the_masks_as_validation_resizes_them(workdir, v
         _, resized = decode.load_pair(image, mask, 64)
         true_area.append(int(resized.numpy().sum()))
 
-    at_half = counts[:, evaluate.THRESHOLDS.index(0.5)]
+    at_half = counts[:, evaluate.THRESHOLDS.index(0.5), 0]
     assert (at_half[:, 0] + at_half[:, 2]).tolist() == true_area
 
 
@@ -165,17 +165,17 @@ def test_an_export_evaluates_like_its_workdir(workdir, valid_rows):
     from_export = _count_in_process(os.path.join(workdir, "export"), valid_rows, 3)
     # The export runs the same network through its serve_images signature.
     differing_pixels = np.abs(from_workdir - from_export).sum()
-    assert differing_pixels <= 0.001 * from_workdir[:, 2].sum(), differing_pixels
+    assert differing_pixels <= 0.001 * from_workdir[:, 2, 0].sum(), differing_pixels
 
 
 def test_summarize_hand_computed_counts():
     from trainer import evaluate
 
     rows = pd.DataFrame({"images": ["a.png", "b.png"], "group": ["1", "2"]})
-    counts = np.zeros([2, len(evaluate.THRESHOLDS), 3], np.int64)
-    counts[0, :] = [6, 2, 2]  # every threshold: IoU 6 / 10
-    counts[1, :] = [0, 0, 0]  # nothing to find, nothing found: IoU 1
-    counts[1, evaluate.THRESHOLDS.index(0.4)] = [0, 5, 0]  # at 0.4 only, 5 false positives
+    counts = np.zeros([2, len(evaluate.THRESHOLDS), 1, 3], np.int64)
+    counts[0, :, 0] = [6, 2, 2]  # every threshold: IoU 6 / 10
+    counts[1, :, 0] = [0, 0, 0]  # nothing to find, nothing found: IoU 1
+    counts[1, evaluate.THRESHOLDS.index(0.4), 0] = [0, 5, 0]  # at 0.4 only, 5 false positives
     summary = evaluate.summarize(rows, counts)
     assert summary["iou"] == pytest.approx(0.6)  # 6 / (6 + 2 + 2)
     assert summary["fscore"] == pytest.approx(0.75)  # 12 / (12 + 2 + 2)

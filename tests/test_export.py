@@ -28,8 +28,18 @@ def saved_model(workdir):
     return tf.saved_model.load(os.path.join(workdir, "export"))
 
 
+@pytest.fixture(scope="module")
+def multiclass_workdir(tmp_path_factory):
+    """An untrained three-class work directory (tests/test_serving.py's): config.json, best/."""
+    from tests import test_serving
+
+    config = test_serving.multiclass_config()
+    folder = str(tmp_path_factory.mktemp("export_multiclass") / "workdir")
+    return test_serving.write_workdir(folder, config, test_serving.build_network(config))
+
+
 def tflite_probabilities(model_path, images):
-    """Runs a .tflite model one image at a time: uint8 `[n, s, s, 3]` -> `[n, s, s, 1]`."""
+    """Runs a .tflite model one image at a time: uint8 `[n, s, s, 3]` -> `[n, s, s, C]`."""
     import tensorflow as tf
 
     interpreter = tf.lite.Interpreter(model_path=model_path, num_threads=1)
@@ -135,3 +145,48 @@ def test_the_threshold_is_a_number_or_the_evaluations_best(tmp_path):
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "summary.json").write_text('{"best_threshold": 0.4}')
     assert export.chosen_threshold("best", str(tmp_path)) == 0.4
+
+
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
+def test_tflite_of_a_multiclass_model_matches_its_probabilities(
+    multiclass_workdir, synthetic_images, tmp_path, run_module
+):
+    output = tmp_path / "classes.tflite"
+    process = run_module(
+        "export", f"--model={multiclass_workdir}", "--format=tflite", f"--output={output}"
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "3 classes: background, nail, tip; argmax" in process.stdout
+    from trainer import export, inference
+
+    metadata = export.read_tflite_metadata(output.read_bytes())
+    assert (metadata["num_classes"], metadata["image_size"]) == (3, 64)
+    assert metadata["class_names"] == ["background", "nail", "tip"]
+    assert "threshold" not in metadata and "argmax" in metadata["output"]
+    network = inference.load_trained_model(multiclass_workdir).keras_model
+    expected = network(synthetic_images.astype(np.float32) / 255.0, training=False).numpy()
+    tflite = tflite_probabilities(str(output), synthetic_images)
+    assert tflite.shape == expected.shape == (len(synthetic_images), 64, 64, 3)
+    np.testing.assert_allclose(tflite, expected, atol=1e-4)
+    assert np.mean(tflite.argmax(axis=-1) == expected.argmax(axis=-1)) >= 0.999
+
+
+def test_a_multiclass_saved_model_records_the_workdirs_classes(
+    multiclass_workdir, tmp_path, run_module
+):
+    output = tmp_path / "export"
+    process = run_module("export", f"--model={multiclass_workdir}", f"--output={output}")
+    assert process.returncode == 0, process.stderr[-3000:]
+    from trainer import serving
+    from trainer import workdir as workdir_lib
+
+    metadata = workdir_lib.read_json(str(output / serving.METADATA_FILE))
+    assert serving.task_of(metadata).names == ("background", "nail", "tip")
+    assert metadata["signatures"][-1] == serving.LABELS_SIGNATURE
+
+
+def test_a_threshold_for_a_multiclass_model_gets_one_error_line(
+    multiclass_workdir, run_module, assert_one_error_line
+):
+    process = run_module("export", f"--model={multiclass_workdir}", "--threshold=0.3")
+    assert_one_error_line(process, "--threshold=0.3 applies to binary models only")

@@ -148,6 +148,228 @@ def test_rejects_mask_without_channel_axis():
         losses.dice_focal(Y_TRUE_2X2[..., 0], Y_PRED_2X2)
 
 
+# Multi-class: labels [1, 1, 3, 1] = [[0, 1, 255]], K = 2 softmax outputs per pixel.
+LABELS_1X3 = np.asarray([0, 1, 255], np.float32).reshape((1, 1, 3, 1))
+PROBABILITIES_1X3 = np.asarray([[0.8, 0.2], [0.4, 0.6], [0.3, 0.7]], np.float32).reshape(
+    (1, 1, 3, 2)
+)
+# The third pixel is ignored. Class 0: t = [1, 0], p = [0.8, 0.4] -> tp 0.8, fp 0.4, fn 0.2;
+# class 1: t = [0, 1], p = [0.2, 0.6] -> tp 0.6, fp 0.2, fn 0.4.
+CATEGORICAL_DICE_1X3 = (
+    1.0
+    - ((1.6 + SMOOTH) / (1.6 + 0.4 + 0.2 + SMOOTH) + (1.2 + SMOOTH) / (1.2 + 0.2 + 0.4 + SMOOTH))
+    / 2
+)
+# Focal: only the true class of each valid pixel costs, over K * 2 valid pixels = 4.
+CATEGORICAL_FOCAL_1X3 = (0.25 * 0.2**2 * -math.log(0.8) + 0.25 * 0.4**2 * -math.log(0.6)) / 4
+
+
+def _random_example(shape, num_classes, *, seed, ignored_fraction=0.0):
+    """Labels [b, h, w, 1] (float32, 255 where ignored) and softmax [b, h, w, K]."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, size=(*shape, 1)).astype(np.float32)
+    labels[rng.random(labels.shape) < ignored_fraction] = 255
+    logits = rng.normal(scale=2.0, size=(*shape, num_classes))
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
+    return labels, probabilities.astype(np.float32)
+
+
+def _sm_categorical(labels, probabilities, class_weights=None):
+    one_hot = tf.one_hot(tf.cast(labels[..., 0], tf.int32), probabilities.shape[-1])
+    return sm.losses.DiceLoss(class_weights=class_weights)(
+        one_hot, probabilities
+    ) + sm.losses.CategoricalFocalLoss()(one_hot, probabilities)
+
+
+def test_categorical_hand_values_with_an_ignored_pixel():
+    loss = losses.categorical_dice_focal(LABELS_1X3, PROBABILITIES_1X3)
+    assert loss.dtype == tf.float32 and loss.shape == (1,)
+    np.testing.assert_allclose(loss, [CATEGORICAL_DICE_1X3 + CATEGORICAL_FOCAL_1X3], rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape, num_classes", [((1, 7, 5), 2), ((1, 16, 16), 3), ((1, 4, 6), 5)])
+def test_categorical_equals_segmentation_models_for_one_example(shape, num_classes):
+    labels, probabilities = _random_example(shape, num_classes, seed=num_classes)
+    # Exercise the clipping at both ends: certain, right and wrong.
+    probabilities[0, 0, :2] = np.eye(num_classes)[[1, 1]]
+    labels[0, 0, :2, 0] = [1, 0]
+    expected = [float(_sm_categorical(labels, probabilities))]
+    for class_weights in (None, [1.0] * num_classes):
+        loss = losses.categorical_dice_focal(labels, probabilities, class_weights=class_weights)
+        np.testing.assert_allclose(loss, expected, rtol=1e-6)
+
+
+def test_categorical_dice_weights_are_sms_weights_normalised_to_mean_one():
+    labels, probabilities = _random_example((1, 8, 8), 3, seed=7)
+    weights = np.asarray([0.5, 2.0, 3.5])
+    # Without the focal term's weights (hand-computed below), Dice is sm's with w * K / sum(w).
+    sm_dice = float(
+        sm.losses.DiceLoss(class_weights=weights * 3 / weights.sum())(
+            tf.one_hot(labels[..., 0].astype(np.int32), 3), probabilities
+        )
+    )
+    one_hot = np.eye(3)[labels[..., 0].astype(np.int32)]
+    p = np.clip(probabilities.astype(np.float64), 1e-7, 1 - 1e-7)
+    focal = -one_hot * 0.25 * (1 - p) ** 2 * np.log(p) * (weights * 3 / weights.sum())
+    expected = sm_dice + focal.sum() / (3 * 64)
+    loss = losses.categorical_dice_focal(labels, probabilities, class_weights=weights)
+    np.testing.assert_allclose(loss, [expected], rtol=1e-5)
+
+
+def test_categorical_ignored_pixels_do_not_count():
+    labels, probabilities = _random_example((2, 6, 7), 4, seed=3, ignored_fraction=0.3)
+    ignored = labels[..., 0] == 255
+    assert ignored.any() and not ignored.all()
+    loss = losses.categorical_dice_focal(labels, probabilities)
+    # Whatever is predicted there...
+    _, other = _random_example((2, 6, 7), 4, seed=4)
+    changed = np.where(ignored[..., np.newaxis], other, probabilities)
+    np.testing.assert_allclose(losses.categorical_dice_focal(labels, changed), loss, rtol=1e-7)
+    # ...and it is the loss of the image without them: drop an ignored last column.
+    labels[:, :, -1] = 255
+    cropped = losses.categorical_dice_focal(labels[:, :, :-1], probabilities[:, :, :-1])
+    np.testing.assert_allclose(losses.categorical_dice_focal(labels, probabilities), cropped)
+
+
+def test_categorical_all_ignored_or_no_ignore_label():
+    labels, probabilities = _random_example((2, 3, 3), 3, seed=5)
+    labels[1] = 255
+    loss = losses.categorical_dice_focal(labels, probabilities)
+    assert np.all(np.isfinite(loss)) and float(loss[1]) == 0.0
+    # ignore_label None: 255 is then truth of no class, so the example costs Dice only.
+    unignored = losses.categorical_dice_focal(labels, probabilities, ignore_label=None)
+    assert float(unignored[1]) > 0.5
+    np.testing.assert_allclose(unignored[0], loss[0], rtol=1e-7)
+
+
+def test_categorical_label_dtypes_agree():
+    labels, probabilities = _random_example((1, 5, 5), 3, seed=6, ignored_fraction=0.2)
+    expected = losses.categorical_dice_focal(labels, probabilities)
+    for dtype in (np.uint8, np.int32, np.int64):
+        loss = losses.categorical_dice_focal(labels.astype(dtype), probabilities)
+        np.testing.assert_array_equal(loss, expected)
+
+
+def test_categorical_equal_class_weights_are_no_weights():
+    labels, probabilities = _random_example((2, 6, 6), 3, seed=8, ignored_fraction=0.1)
+    np.testing.assert_allclose(
+        losses.categorical_dice_focal(labels, probabilities, class_weights=[3.0] * 3),
+        losses.categorical_dice_focal(labels, probabilities),
+        rtol=1e-6,
+    )
+
+
+def test_categorical_heavier_weight_on_a_bad_class_raises_the_loss():
+    # Class 0 predicted well, class 2 badly (its pixels get 0.2 on the right class).
+    labels = np.asarray([[0, 0, 1, 2]], np.float32).reshape((1, 1, 4, 1))
+    probabilities = np.asarray(
+        [[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.4, 0.4, 0.2]], np.float32
+    ).reshape((1, 1, 4, 3))
+    plain = float(losses.categorical_dice_focal(labels, probabilities)[0])
+    heavy_bad = losses.categorical_dice_focal(labels, probabilities, class_weights=[1, 1, 4])
+    heavy_good = losses.categorical_dice_focal(labels, probabilities, class_weights=[4, 1, 1])
+    assert float(heavy_bad[0]) > plain > float(heavy_good[0])
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float16])
+def test_categorical_finite_loss_and_gradient_at_zero_and_one(dtype):
+    # Certain predictions, right (pixels 0, 1) and wrong (pixels 2, 3), plus an ignored one.
+    labels = np.asarray([[0, 1, 0, 2, 255]], np.float32).reshape((1, 1, 5, 1))
+    probabilities = tf.Variable(
+        tf.cast(np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1]].reshape((1, 1, 5, 3)), dtype)
+    )
+    with tf.GradientTape() as tape:
+        loss = losses.categorical_dice_focal(labels, probabilities)
+    gradient = tape.gradient(loss, probabilities)
+    assert loss.dtype == tf.float32 and gradient.dtype == dtype
+    assert np.all(np.isfinite(loss)) and np.all(np.isfinite(gradient.numpy()))
+    assert np.any(gradient.numpy() != 0)
+    # The ignored pixel gets no gradient.
+    assert np.all(gradient.numpy()[0, 0, 4] == 0)
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_categorical_low_precision_inputs(dtype):
+    labels, probabilities = _random_example((2, 4, 4), 3, seed=9, ignored_fraction=0.2)
+    rounded = tf.cast(tf.cast(probabilities, dtype), tf.float32)
+    loss = losses.categorical_dice_focal(tf.cast(labels, dtype), tf.cast(probabilities, dtype))
+    assert loss.dtype == tf.float32
+    np.testing.assert_allclose(loss, losses.categorical_dice_focal(labels, rounded), rtol=1e-6)
+
+
+def test_categorical_examples_are_independent():
+    labels, probabilities = _random_example((2, 5, 6), 4, seed=10, ignored_fraction=0.2)
+    both = losses.categorical_dice_focal(labels, probabilities)
+    singles = [
+        losses.categorical_dice_focal(labels[i : i + 1], probabilities[i : i + 1]) for i in (0, 1)
+    ]
+    np.testing.assert_allclose(both, np.concatenate(singles), rtol=1e-7)
+
+
+def test_categorical_one_replica_equals_two_replicas_arithmetic():
+    # Each of 2 replicas reduces its half over the global batch; the sum is the 1-replica loss.
+    labels, probabilities = _random_example((4, 5, 5), 3, seed=11, ignored_fraction=0.2)
+    per_example = losses.categorical_dice_focal(labels, probabilities)
+    one = tf.nn.compute_average_loss(per_example, global_batch_size=4)
+    halves = [
+        tf.nn.compute_average_loss(
+            losses.categorical_dice_focal(labels[i : i + 2], probabilities[i : i + 2]),
+            global_batch_size=4,
+        )
+        for i in (0, 2)
+    ]
+    np.testing.assert_allclose(float(halves[0] + halves[1]), float(one), rtol=1e-6)
+
+
+def test_categorical_works_under_xla_compile():
+    compiled = tf.function(losses.categorical_dice_focal, jit_compile=True)
+    np.testing.assert_allclose(
+        compiled(LABELS_1X3, PROBABILITIES_1X3),
+        [CATEGORICAL_DICE_1X3 + CATEGORICAL_FOCAL_1X3],
+        rtol=1e-6,
+    )
+
+
+@pytest.mark.parametrize(
+    "labels_shape, probabilities_shape, class_weights, message",
+    [
+        ((1, 3, 3), (1, 3, 3, 2), None, "labels must be"),
+        ((1, 3, 3, 1), (1, 3, 3, 1), None, "at least 2 classes"),
+        ((1, 3, 3, 1), (1, 3, 3), None, "probabilities must be"),
+        ((1, 3, 4, 1), (1, 3, 3, 2), None, "same batch, height and width"),
+        ((2, 3, 3, 1), (1, 3, 3, 2), None, "same batch, height and width"),
+        ((1, 3, 3, 1), (1, 3, 3, 2), [1.0, 1.0, 1.0], "one weight per class"),
+        ((1, 3, 3, 1), (1, 3, 3, 2), [0.0, 0.0], "not all 0"),
+        ((1, 3, 3, 1), (1, 3, 3, 2), [1.0, -1.0], "non-negative"),
+    ],
+)
+def test_categorical_rejects_bad_arguments(
+    labels_shape, probabilities_shape, class_weights, message
+):
+    with pytest.raises(ValueError, match=message):
+        losses.categorical_dice_focal(
+            np.zeros(labels_shape, np.float32),
+            np.full(probabilities_shape, 0.5, np.float32),
+            class_weights=class_weights,
+        )
+
+
+def test_segmentation_loss_dispatches_on_num_classes():
+    binary = losses.segmentation_loss(Y_TRUE_2X2, Y_PRED_2X2, num_classes=1, class_weights=[9.0])
+    np.testing.assert_array_equal(binary, losses.dice_focal(Y_TRUE_2X2, Y_PRED_2X2))
+    multi = losses.segmentation_loss(
+        LABELS_1X3, PROBABILITIES_1X3, num_classes=2, class_weights=[1.0, 2.0], ignore_label=None
+    )
+    np.testing.assert_array_equal(
+        multi,
+        losses.categorical_dice_focal(
+            LABELS_1X3, PROBABILITIES_1X3, class_weights=[1.0, 2.0], ignore_label=None
+        ),
+    )
+    with pytest.raises(ValueError, match="num_classes must be 1 or"):
+        losses.segmentation_loss(LABELS_1X3, PROBABILITIES_1X3, num_classes=3)
+
+
 # Logical CPU devices must be configured before TensorFlow initialises, which the tests
 # above have already done in this process; so the distributed check runs in its own.
 _REPLICA_SCRIPT = textwrap.dedent(

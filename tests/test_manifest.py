@@ -7,8 +7,10 @@ from pathlib import Path
 from trainer.data import manifest
 from trainer.errors import UserError
 
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from tests.files import names, write_image, write_pair
 
@@ -211,3 +213,34 @@ def test_nothing_usable_left_is_a_user_error(tmp_path):
         manifest.read_manifests(tmp_path)
     assert len(pd.read_csv(report)) == 2
     assert not (tmp_path / "csv_file/train.csv").exists()
+
+
+# ---------------------------------------------------------------- classes
+
+
+def _write_label_pairs(root: Path, count: int) -> None:
+    """`count` pairs whose masks hold label indices 0, 1, 2 and the ignore label 255."""
+    labels = np.repeat(np.array([0, 1, 2, 255], np.uint8), 3)[:, None].repeat(8, axis=1)
+    for index in range(count):
+        write_image(root / f"Images/1/{index}.png", (8, 12))
+        Image.fromarray(labels).save(root / f"Masks/1/{index}.png")
+
+
+def test_prepare_checks_masks_for_the_classes_given(tmp_path):
+    (tmp_path / "Masks/1").mkdir(parents=True)
+    _write_label_pairs(tmp_path, 4)
+    # As binary masks they are unusable, and the empty split says why.
+    with pytest.raises(UserError) as raised:
+        manifest.prepare(tmp_path)
+    message = str(raised.value)
+    assert "0 usable pair(s) found, 4 pair(s) or file(s) skipped" in message
+    assert "the most common error (4 file(s), e.g. " in message
+    assert "mask holds label values 0, 1, 2 and 255" in message
+    assert "--config.model.num_classes=3 to train (and --num_classes=3 to prepare)" in message
+    assert not (tmp_path / "csv_file/train.csv").exists()
+    # read_manifests prepares them for the classes it is given.
+    train, valid = manifest.read_manifests(tmp_path, num_classes=3, ignore_label=255)
+    assert (len(train), len(valid)) == (3, 1)
+    assert len(pd.read_csv(tmp_path / "csv_file/problems.csv")) == 0
+    result = manifest.prepare(tmp_path, num_classes=3, ignore_label=255)
+    assert (len(result.train), len(result.valid), result.problems) == (3, 1, [])

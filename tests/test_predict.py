@@ -1,4 +1,8 @@
-"""trainer.predict: masks and overlays at the original size, unreadable photos skipped."""
+"""trainer.predict: masks and overlays at the original size, unreadable photos skipped.
+
+Binary predictions come from the session's trained work directory; label maps
+from an untrained three-class one (tests/test_serving.py's).
+"""
 
 import os
 
@@ -153,3 +157,99 @@ def test_predict_uses_the_threshold_stored_in_the_export(trained, photo_dir, tmp
     np.testing.assert_array_equal(expected, outputs["probabilities"][0, ..., 0].numpy() > threshold)
     mask = cv2.imread(os.path.join(output, "large_mask.png"), cv2.IMREAD_UNCHANGED) > 0
     assert np.mean(mask == expected) >= 0.999
+
+
+# ---------------------------------------------------------------- several classes
+
+
+@pytest.fixture(scope="module")
+def multiclass_workdir(tmp_path_factory):
+    """An untrained three-class work directory with its export (tests/test_serving.py's)."""
+    from tests import test_serving
+
+    config = test_serving.multiclass_config()
+    folder = str(tmp_path_factory.mktemp("predict_multiclass") / "workdir")
+    return test_serving.write_workdir(folder, config, test_serving.build_network(config))
+
+
+@pytest.fixture(scope="module")
+def multiclass_trained(multiclass_workdir):
+    from trainer import inference
+
+    return inference.load_trained_model(multiclass_workdir)
+
+
+def _read(path):
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+
+def test_multiclass_label_maps_and_overlays_with_a_legend(multiclass_trained, photo_dir, tmp_path):
+    from trainer import colours, predict
+    from trainer.data import decode
+
+    paths = [str(photo_dir / name) for name in PHOTOS]
+    assert predict.predict_files(multiclass_trained, paths, str(tmp_path), photos_per_batch=2) == []
+    found = set()
+    for path, (height, width) in zip(paths, PHOTOS.values()):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        labels = _read(tmp_path / f"{stem}_mask.png")
+        assert labels.shape == (height, width) and labels.dtype == np.uint8
+        assert labels.max() < 3
+        found.update(np.unique(labels).tolist())
+        overlay = _read(tmp_path / f"{stem}_overlay.png")[..., ::-1]  # RGB
+        photo = decode.decode_image(path).numpy()
+        assert overlay.shape == photo.shape == (height, width, 3)
+        # The legend: the strip's dark background over the bottom rows.
+        legend = np.all(overlay[-2:] == predict.LEGEND_BACKGROUND_RGB, axis=-1)
+        assert legend.mean() > 0.5 and np.any(overlay[-2:] != photo[-2:])
+        # Above it (at most half the photo), the background is the photo untouched.
+        top = height // 2
+        background = labels[:top] == 0
+        np.testing.assert_array_equal(overlay[:top][background], photo[:top][background])
+    assert len(found) > 1, "the test needs a model that predicts several classes"
+    # Every class's swatch is in the large photo's legend (its rows mostly the strip's grey).
+    overlay = _read(tmp_path / "large_overlay.png")[..., ::-1]
+    grey = np.all(overlay == predict.LEGEND_BACKGROUND_RGB, axis=-1).mean(axis=1)
+    strip = overlay[grey > 0.3].reshape(-1, 3)
+    for colour in colours.palette(3):
+        assert np.any(np.all(strip == colour, axis=-1)), colour
+
+
+def test_a_multiclass_workdir_and_its_export_predict_the_same_labels(
+    multiclass_trained, multiclass_workdir, photo_dir, tmp_path
+):
+    from trainer import inference, predict
+
+    import tensorflow as tf
+
+    export = os.path.join(multiclass_workdir, "export")
+    exported = inference.load_trained_model(export)
+    assert exported.task == multiclass_trained.task
+    paths = [str(photo_dir / name) for name in PHOTOS]
+    for trained, folder in ((multiclass_trained, "workdir"), (exported, "export")):
+        assert predict.predict_files(trained, paths, str(tmp_path / folder), tta=True) == []
+    assert predict.predict_files(exported, paths, str(tmp_path / "no_tta")) == []
+    # One batch of three sizes, as a client sends it.
+    served = exported.handle.signatures["serve_labels"](
+        image_bytes=tf.constant([open(path, "rb").read() for path in paths])
+    )
+    for i, (name, (height, width)) in enumerate(PHOTOS.items()):
+        mask = f"{os.path.splitext(name)[0]}_mask.png"
+        from_workdir = _read(tmp_path / "workdir" / mask)
+        assert np.mean(from_workdir == _read(tmp_path / "export" / mask)) >= 0.999, name
+        expected = served["labels"][i, :height, :width, 0].numpy()
+        assert np.mean(_read(tmp_path / "no_tta" / mask) == expected) >= 0.999, name
+
+
+def test_a_threshold_for_a_multiclass_model_gets_one_error_line(
+    multiclass_workdir, photo_dir, tmp_path, run_module, assert_one_error_line
+):
+    process = run_module(
+        "predict",
+        f"--model={multiclass_workdir}",
+        f"--input={photo_dir}",
+        f"--output={tmp_path}/out",
+        "--threshold=0.3",
+    )
+    assert_one_error_line(process, "--threshold=0.3 applies to binary models only")
+    assert not os.path.exists(tmp_path / "out")

@@ -100,3 +100,42 @@ def test_user_errors_exit_2_and_stray_arguments_are_rejected(tmp_path):
     assert "Traceback" not in completed.stderr
     completed = _prepare(f"--data_root={tmp_path}", "stray")
     assert completed.returncode == 1 and "unexpected arguments: stray" in completed.stderr
+
+
+def _error_lines(completed: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in completed.stderr.splitlines() if line.startswith("error: ")]
+
+
+def test_num_classes_checks_label_index_masks(tmp_path):
+    labels = np.repeat(np.array([0, 1, 2, 255], np.uint8), 3)[:, None].repeat(8, axis=1)
+    for index in range(4):
+        for side, pixels in (("Images", np.full((12, 8, 3), 120, np.uint8)), ("Masks", labels)):
+            (tmp_path / side / "1").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(tmp_path / side / "1" / f"{index}.png")
+    completed = _prepare(f"--data_root={tmp_path}")
+    assert completed.returncode == 2, completed.stderr
+    (line,) = _error_lines(completed)
+    assert line.startswith(f"error: the train split of {tmp_path} is empty: 0 usable pair(s)")
+    assert "pass --config.model.num_classes=3 to train (and --num_classes=3 to prepare)" in line
+    assert "Traceback" not in completed.stderr
+
+    completed = _prepare(f"--data_root={tmp_path}", "--num_classes=3", "--strict")
+    assert completed.returncode == 0, completed.stderr
+    assert "train: 3 pairs" in completed.stderr and "0 problem(s)" in completed.stderr
+    assert (tmp_path / "csv_file/problems.csv").read_text() == '"path","severity","message"\n'
+
+
+@pytest.mark.parametrize(
+    "flags, start",
+    [
+        (["--num_classes=0"], "error: --num_classes=0: give 1 for binary masks"),
+        (["--ignore_label=256"], "error: --ignore_label=256: masks hold 8-bit values"),
+        (["--num_classes=3", "--ignore_label=2"], "error: --ignore_label=2 is one of the classes"),
+    ],
+)
+def test_bad_class_flags_exit_2_with_one_line(tmp_path, flags, start):
+    completed = _prepare(f"--data_root={tmp_path}", *flags)
+    assert completed.returncode == 2, completed.stderr
+    (line,) = _error_lines(completed)
+    assert line.startswith(start) and "Traceback" not in completed.stderr
+    assert not (tmp_path / "csv_file").exists()

@@ -49,7 +49,7 @@ def test_a_padding_run_trains_evaluates_exports_and_predicts_at_each_photos_size
             trained, valid, tf.distribute.OneDeviceStrategy("/cpu:0"), global_batch_size=4
         )
         true_area = [int((cv2.imread(m, cv2.IMREAD_GRAYSCALE) > 127).sum()) for m in valid["masks"]]
-        at_half = counts[:, evaluate.THRESHOLDS.index(0.5)]
+        at_half = counts[:, evaluate.THRESHOLDS.index(0.5), 0]
         assert (at_half[:, 0] + at_half[:, 2]).tolist() == true_area
 
         output = str(tmp_path / "predicted" / os.path.basename(model))

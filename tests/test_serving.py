@@ -2,11 +2,13 @@
 
 A tiny untrained U-Net (ResNet-18 encoder without ImageNet weights, 64 px)
 stands in for a trained one: exporting and loading do not care how good it is.
+A three-class one stands in for a multi-class run (tests/test_export.py and
+tests/test_predict.py build their work directories with the helpers here).
 """
 
 import os
 
-from trainer import best, inference, serving
+from trainer import best, classes, inference, serving
 from trainer import workdir as workdir_lib
 from trainer.errors import UserError
 
@@ -15,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 SIZE_PX = 64
+CLASS_NAMES = ("background", "nail", "tip")
 
 
 def _config():
@@ -26,23 +29,40 @@ def _config():
     return config
 
 
-@pytest.fixture(scope="module")
-def network():
-    """The tiny U-Net, float32 images `[b, 64, 64, 3]` in 0..1 -> probabilities."""
+def multiclass_config():
+    """The tiny U-Net's config with three softmax classes, as configs/demo_multiclass_cpu.py."""
+    config = _config()
+    config.model.num_classes = len(CLASS_NAMES)
+    config.data.class_names = CLASS_NAMES
+    return config
+
+
+def build_network(config):
+    """The config's untrained network at 64 px, the same weights on every call."""
     from trainer import model as model_lib
 
     tf.keras.utils.set_random_seed(0)
-    return model_lib.build_model(_config().model, image_size=SIZE_PX)
+    return model_lib.build_model(config.model, image_size=SIZE_PX)
+
+
+def write_workdir(workdir: str, config, network) -> str:
+    """A work directory as training leaves it: config.json, best weights, export/."""
+    workdir_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    best.save_best_weights(workdir, network, step=2, results={"iou": 0.5})
+    serving.export_saved_model(network, os.path.join(workdir, "export"), task=classes.task(config))
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def network():
+    """The tiny U-Net, float32 images `[b, 64, 64, 3]` in 0..1 -> probabilities."""
+    return build_network(_config())
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, network):
     """A work directory as training leaves it: config.json, best weights, export/."""
-    workdir = str(tmp_path_factory.mktemp("serving") / "workdir")
-    workdir_lib.write_json(os.path.join(workdir, "config.json"), _config().to_dict())
-    best.save_best_weights(workdir, network, step=2, results={"iou": 0.5})
-    serving.export_saved_model(network, os.path.join(workdir, "export"))
-    return workdir
+    return write_workdir(str(tmp_path_factory.mktemp("serving") / "workdir"), _config(), network)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +93,8 @@ def test_an_export_holds_the_model_and_its_metadata(workdir):
     metadata = workdir_lib.read_json(os.path.join(export, serving.METADATA_FILE))
     signatures = ["serving_default", "serve_images"]
     expected = {"image_size": SIZE_PX, "signatures": signatures, "threshold": 0.5}
-    assert metadata == {**expected, "resize": "stretch"}
+    binary = {"num_classes": 1, "class_names": ["foreground"], "ignore_label": None}
+    assert metadata == {**expected, "resize": "stretch", **binary}
     assert sorted(os.listdir(workdir)) == ["best", "config.json", "export"]  # no leftovers
 
 
@@ -228,3 +249,98 @@ def test_a_padding_export_keeps_the_proportions_and_says_so(tmp_path):
     square[:, :4] = images / 255.0
     np.testing.assert_allclose(served, network(square).numpy()[:, :4], atol=1e-5)
     assert inference.load_trained_model(export).resize == "pad"
+
+
+def test_a_binary_export_keeps_its_two_signatures_and_their_outputs(saved_model):
+    encoded = ["probabilities", "mask", "height", "width"]
+    outputs = {name: sorted(f.structured_outputs) for name, f in saved_model.signatures.items()}
+    assert outputs == {
+        "serving_default": sorted(encoded),
+        "serve_images": ["mask", "probabilities"],
+    }
+
+
+def test_a_model_is_not_exported_with_another_task():
+    three = classes.Task(num_classes=3, names=CLASS_NAMES)
+    with pytest.raises(ValueError, match="outputs 1 channel"):
+        serving.make_signatures(_small_network(), task=three)
+
+
+# ---------------------------------------------------------------- several classes
+
+
+@pytest.fixture(scope="module")
+def multiclass_network():
+    """The tiny U-Net with three softmax classes."""
+    return build_network(multiclass_config())
+
+
+@pytest.fixture(scope="module")
+def multiclass_workdir(tmp_path_factory, multiclass_network):
+    folder = tmp_path_factory.mktemp("multiclass") / "workdir"
+    return write_workdir(str(folder), multiclass_config(), multiclass_network)
+
+
+@pytest.fixture(scope="module")
+def multiclass_export(multiclass_workdir):
+    return tf.saved_model.load(os.path.join(multiclass_workdir, "export"))
+
+
+def test_a_multiclass_export_records_its_classes_and_signatures(multiclass_workdir):
+    export = os.path.join(multiclass_workdir, "export")
+    metadata = workdir_lib.read_json(os.path.join(export, serving.METADATA_FILE))
+    assert metadata == {
+        "image_size": SIZE_PX,
+        "resize": "stretch",
+        "signatures": ["serving_default", "serve_images", serving.LABELS_SIGNATURE],
+        "num_classes": 3,
+        "class_names": list(CLASS_NAMES),
+        "ignore_label": 255,
+    }  # no threshold: the argmax decides
+    task = classes.task(multiclass_config())
+    assert serving.task_of(metadata) == task
+    assert inference.load_trained_model(export).task == task
+
+
+def test_serve_images_gives_each_class_probability_and_the_argmax(
+    multiclass_export, multiclass_network
+):
+    images = np.random.default_rng(0).integers(0, 256, [2, 37, 53, 3], dtype=np.uint8)
+    outputs = multiclass_export.signatures["serve_images"](images=images)
+    assert sorted(outputs) == ["labels", "probabilities"]
+    probabilities, labels = outputs["probabilities"].numpy(), outputs["labels"].numpy()
+    assert probabilities.shape == (2, 37, 53, 3) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)
+    assert labels.shape == (2, 37, 53, 1) and labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels[..., 0], probabilities.argmax(axis=-1))
+
+    at_size = images[:, :32, :32].repeat(2, axis=1).repeat(2, axis=2)  # 64 px: no resizing
+    expected = multiclass_network(tf.constant(at_size, tf.float32) / 255.0, training=False)
+    served = multiclass_export.signatures["serve_images"](images=at_size)["probabilities"]
+    np.testing.assert_allclose(served.numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_serving_default_and_serve_labels_give_labels_at_each_photos_size(multiclass_export):
+    rng = np.random.default_rng(1)
+    photos = [rng.integers(0, 256, [h, w, 3], dtype=np.uint8) for h, w in ((21, 30), (40, 13))]
+    encoded = tf.constant([tf.io.encode_png(photo).numpy() for photo in photos])
+    served = multiclass_export.signatures["serving_default"](image_bytes=encoded)
+    labelled = multiclass_export.signatures[serving.LABELS_SIGNATURE](image_bytes=encoded)
+
+    assert served["probabilities"].shape == (2, 40, 30, 3)
+    assert served["labels"].shape == (2, 40, 30, 1) and served["labels"].dtype == tf.uint8
+    assert served["height"].numpy().tolist() == [21, 40]
+    assert served["width"].numpy().tolist() == [30, 13]
+    for i, (height, width) in enumerate(photo.shape[:2] for photo in photos):
+        probabilities = served["probabilities"][i].numpy()
+        labels = served["labels"][i, ..., 0].numpy()
+        np.testing.assert_allclose(probabilities[:height, :width].sum(axis=-1), 1.0, atol=1e-5)
+        np.testing.assert_array_equal(
+            labels[:height, :width], probabilities[:height, :width].argmax(axis=-1)
+        )
+        padding = np.ones(labels.shape, bool)
+        padding[:height, :width] = False
+        assert np.all(labels[padding] == 0) and np.all(probabilities[padding] == 0)
+    assert sorted(labelled) == ["height", "labels", "width"]  # 1 byte a pixel, no probabilities
+    for name in ("labels", "height", "width"):
+        np.testing.assert_array_equal(labelled[name].numpy(), served[name].numpy())

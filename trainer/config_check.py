@@ -136,6 +136,22 @@ def whole_tuple(*, length: int, minimum: int) -> Check:
     return check
 
 
+def tuple_of(item: Check, *, example: str) -> Check:
+    """A tuple (or list) whose items each pass `item`; may be empty."""
+
+    def check(value):
+        if not isinstance(value, (tuple, list)):
+            return f"not a tuple; give e.g. {example}"
+        for position, entry in enumerate(value):
+            problem = item(entry)
+            if problem:
+                what = problem.split(";")[0]
+                return f"entry {position} ({_shown(entry)}): {what}; give e.g. {example}"
+        return None
+
+    return check
+
+
 def encoder_weights(value) -> str | None:
     """'imagenet', 'none' (or None, '') or the path of an existing local weights file."""
     if value is not None and not isinstance(value, str):
@@ -158,7 +174,10 @@ FIELDS: dict[str, Check] = {
     "data.prefetch_batches": whole(minimum=0),
     "data.cache": choice(cache.MODES),
     "data.cache_dir": text(),
+    "data.ignore_label": whole(minimum=0, maximum=255),
+    "data.class_names": tuple_of(text(empty=False), example="('background','plate','tip')"),
     "model.arch": choice(model_lib.ARCHITECTURES, ignore_case=True),
+    "model.num_classes": whole(minimum=1),
     "model.backbone": choice(model_lib.BACKBONES),
     "model.encoder_weights": encoder_weights,
     "model.encoder_freeze": boolean(),
@@ -171,6 +190,7 @@ FIELDS: dict[str, Check] = {
     "train.lr_schedule": choice(optim.LR_SCHEDULES),
     "train.warmup_steps": whole(minimum=0),
     "train.weight_decay": number(minimum=0),
+    "train.class_weights": tuple_of(number(above=0), example="(1.0,2.0,4.0)"),
     "train.momentum": number(minimum=0, maximum=1),
     "train.precision": choice(optim.PRECISIONS),
     "train.jit_compile": boolean(),
@@ -222,6 +242,33 @@ def _warmup_within_run(config) -> tuple[str, str] | None:
     )
 
 
+def _one_per_class(field: str):
+    """A rule: the tuple at `field` is empty or has one entry per class."""
+
+    def rule(config) -> tuple[str, str] | None:
+        group, name = field.split(".")
+        entries, count = len(config[group][name]), config.model.num_classes
+        if entries in (0, count):
+            return None
+        return (
+            field,
+            f"has {entries} entries for --config.model.num_classes={count}; give one per "
+            "class, class 0 (background) first, or () for the defaults",
+        )
+
+    return rule
+
+
+def _ignore_label_not_a_class(config) -> tuple[str, str] | None:
+    count = config.model.num_classes
+    if count == 1 or config.data.ignore_label >= count:
+        return None
+    return (
+        "data.ignore_label",
+        f"is one of the classes 0..{count - 1}; give a value above them, e.g. 255",
+    )
+
+
 def _wandb_project_named(config) -> tuple[str, str] | None:
     if not config.log.wandb or config.log.wandb_project.strip():
         return None
@@ -237,6 +284,9 @@ CROSS_FIELD_RULES: tuple[Callable[[Any], tuple[str, str] | None], ...] = (
     _image_size_suits_arch,
     _something_to_train,
     _warmup_within_run,
+    _one_per_class("data.class_names"),
+    _one_per_class("train.class_weights"),
+    _ignore_label_not_a_class,
     _wandb_project_named,
 )
 

@@ -20,9 +20,18 @@ Writes to --output_dir (default WORKDIR/eval, or EXPORT_eval next to an export):
                  0.9), best_threshold (the one of those with the highest iou:
                  choose it on photos held out of training, then
                  `trainer.export --threshold=best` stores it with the model),
-                 resolution, groups: {name: {iou, fscore, mean_image_iou, num_images}}
+                 resolution, mean_iou, per_class: {name: {iou, fscore}},
+                 groups: {name: {iou, fscore, mean_image_iou, num_images}}
   per_image.csv  path, group, iou, fscore, predicted_area, true_area (pixels),
                  worst IoU first
+
+With several classes (`model.num_classes` K >= 2) the predicted class is the
+argmax, so there are no thresholds (iou_at_threshold and best_threshold are
+absent); iou, fscore and mean_iou are means over the foreground classes 1..K-1
+(a class absent from both masks and predictions left out), tp / fp / fn are
+lists with one count per class, ignored pixels (`data.ignore_label`) count
+nowhere, and per_image.csv adds `iou/NAME` for each class; the areas are those
+of all foreground classes together.
 
 Counts are exact integer sums, gathered per image from every replica and
 padding excluded, so one device and several give the same figures (batch
@@ -31,7 +40,7 @@ sizes aside, whose float rounding in the network may flip a rare pixel).
 
 import os
 
-from trainer import cli, distribute, inference, metrics, serving
+from trainer import classes, cli, distribute, inference, serving
 from trainer import workdir as workdir_lib
 from trainer.data import decode, manifest, pipeline
 from trainer.errors import UserError
@@ -75,9 +84,22 @@ def define_flags() -> None:
     flags.mark_flags_as_required(["model", "data_root"])
 
 
-def select_rows(data_root: str, split: str, *, fallback_dir: str | None) -> pd.DataFrame:
+def select_rows(
+    data_root: str,
+    split: str,
+    *,
+    fallback_dir: str | None,
+    task: classes.Task = classes.BINARY,
+) -> pd.DataFrame:
     """The manifest rows of `split` ('train', 'valid' or 'all'), with a fresh index."""
-    train, valid = manifest.read_manifests(data_root, fallback_dir=fallback_dir)
+    train, valid = manifest.read_manifests(
+        data_root,
+        fallback_dir=fallback_dir,
+        num_classes=task.num_classes,
+        ignore_label=classes.DEFAULT_IGNORE_LABEL
+        if task.ignore_label is None
+        else task.ignore_label,
+    )
     chosen = {"train": [train], "valid": [valid], "all": [train, valid]}[split]
     return pd.concat(chosen, ignore_index=True)
 
@@ -101,8 +123,11 @@ def count_confusions(
             'model' (the mask resized to the model's size).
 
     Returns:
-        int64 `[len(rows), len(THRESHOLDS), 3]`: tp, fp, fn of each image, in row order.
+        int64 `[len(rows), T, C, 3]`: tp, fp, fn of each image (in row order), at
+        each of the T thresholds (`thresholds(task)`) and for each of the C
+        channels (1 when binary, else the K classes).
     """
+    task = trained.task
     data_config = ml_collections.ConfigDict(
         {
             "image_size": trained.image_size,
@@ -117,7 +142,12 @@ def count_confusions(
 
     def dataset_fn(input_context):
         dataset = pipeline.make_dataset(
-            rows, data_config, input_context, training=False, with_weights=True
+            rows,
+            data_config,
+            input_context,
+            training=False,
+            with_weights=True,
+            num_classes=task.num_classes,
         )
         # The row index travels with each example, so results map back to rows
         # however the batches were spread over replicas.
@@ -131,15 +161,15 @@ def count_confusions(
         probabilities = trained.predict(tf.cast(tf.round(images * 255.0), tf.uint8))
         if resolution == "photo":
             return indices, weights, probabilities
-        return indices, weights, _confusions(masks, probabilities)
+        return indices, weights, _confusions(masks, probabilities, task)
 
     @tf.function
     def step(batch):
         return strategy.run(replica_step, args=batch)
 
     mask_paths = rows["masks"].astype(str).to_numpy()
-    photo_confusions = _photo_confusions_fn(trained.resize)
-    counts = np.zeros([len(rows), len(THRESHOLDS), 3], np.int64)
+    photo_confusions = _photo_confusions_fn(trained.resize, task)
+    counts = np.zeros([len(rows), len(thresholds(task)), task.num_channels, 3], np.int64)
     times_seen = np.zeros(len(rows), np.int64)
     for batch in strategy.distribute_datasets_from_function(dataset_fn):
         outputs = [strategy.experimental_local_results(x) for x in step(batch)]
@@ -157,70 +187,108 @@ def count_confusions(
     return counts
 
 
-def _confusions(masks: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
-    """int64 `[b, len(THRESHOLDS), 3]`: tp, fp, fn of each example at each threshold."""
+def thresholds(task: classes.Task) -> tuple:
+    """The thresholds counted: THRESHOLDS when binary; one argmax (None) for several classes."""
+    return THRESHOLDS if task.is_binary else (None,)
+
+
+def _at_threshold(task: classes.Task) -> int:
+    """The index in `thresholds(task)` of the figures reported (0.5; the argmax)."""
+    return _AT_THRESHOLD if task.is_binary else 0
+
+
+def _confusions(masks: tf.Tensor, probabilities: tf.Tensor, task: classes.Task) -> tf.Tensor:
+    """int64 `[b, T, C, 3]`: tp, fp, fn of each example at each threshold, per channel."""
     counts = [
-        tf.stack(metrics.per_example_confusion(masks, probabilities, threshold), axis=-1)
-        for threshold in THRESHOLDS
+        tf.stack(task.confusion(masks, probabilities, threshold or 0.5), axis=-1)
+        for threshold in thresholds(task)
     ]
-    return tf.stack(counts, axis=1)
+    return tf.cast(tf.stack(counts, axis=1), tf.int64)
 
 
-def _photo_confusions_fn(resize: str):
-    """`(probabilities [s, s, 1], mask path) -> [len(THRESHOLDS), 3]` at the mask's own size."""
+def _photo_confusions_fn(resize: str, task: classes.Task):
+    """`(probabilities [s, s, C], mask path) -> [T, C, 3]` at the mask's own size."""
 
     @tf.function(
-        input_signature=[tf.TensorSpec([None, None, 1], tf.float32), tf.TensorSpec([], tf.string)]
+        input_signature=[
+            tf.TensorSpec([None, None, task.num_channels], tf.float32),
+            tf.TensorSpec([], tf.string),
+        ]
     )
     def photo_confusions(probabilities, mask_path):
-        mask = decode.decode_mask(mask_path)
+        mask = decode.decode_mask(mask_path, task.num_classes)
         size = tf.shape(mask)
         at_photo_size = serving.resize_probabilities(probabilities, size[0], size[1], resize)
-        return _confusions(tf.cast(mask, tf.float32)[None], at_photo_size[None])[0]
+        return _confusions(tf.cast(mask, tf.float32)[None], at_photo_size[None], task)[0]
 
     return photo_confusions
 
 
-def per_image_table(rows: pd.DataFrame, counts: np.ndarray) -> pd.DataFrame:
-    """One row per image at threshold 0.5, worst IoU first (ties by path)."""
-    tp, fp, fn = (counts[:, _AT_THRESHOLD, k] for k in range(3))
-    table = pd.DataFrame(
-        {
-            "path": rows["images"].astype(str).to_numpy(),
-            "group": rows["group"].astype(str).to_numpy(),
-            "iou": [metrics.iou_from_sums(*c) for c in zip(tp, fp, fn)],
-            "fscore": [metrics.fscore_from_sums(*c) for c in zip(tp, fp, fn)],
-            "predicted_area": tp + fp,
-            "true_area": tp + fn,
-        }
-    )
+def _image_scores(task: classes.Task, counts: np.ndarray) -> list[dict]:
+    """`task.scores` of each image's counts `[C, 3]`."""
+    return [task.scores(*(c[:, k].tolist() for k in range(3))) for c in counts]
+
+
+def per_image_table(
+    rows: pd.DataFrame, counts: np.ndarray, task: classes.Task = classes.BINARY
+) -> pd.DataFrame:
+    """One row per image at threshold 0.5 (or the argmax), worst IoU first (ties by path)."""
+    reported = counts[:, _at_threshold(task)]  # [images, C, 3]
+    scores = _image_scores(task, reported)
+    foreground = reported if task.is_binary else reported[:, 1:]
+    tp, fp, fn = (foreground[..., k].sum(axis=1) for k in range(3))
+    columns = {
+        "path": rows["images"].astype(str).to_numpy(),
+        "group": rows["group"].astype(str).to_numpy(),
+        "iou": [s["iou"] for s in scores],
+        "fscore": [s["fscore"] for s in scores],
+        "predicted_area": tp + fp,
+        "true_area": tp + fn,
+    }
+    if not task.is_binary:
+        for name in task.names:
+            columns[f"iou/{name}"] = [s["per_class"][name]["iou"] for s in scores]
+    table = pd.DataFrame(columns)
     return table.sort_values(["iou", "path"], ignore_index=True)
 
 
-def _scores(counts: np.ndarray) -> dict:
+def _summed(task: classes.Task, counts: np.ndarray, at: int) -> list[list[int]]:
+    """[tp, fp, fn], each a list over the C channels, summed over the images."""
+    totals = counts[:, at].sum(axis=0)  # [C, 3]
+    return [[int(v) for v in totals[:, k]] for k in range(3)]
+
+
+def _scores(task: classes.Task, counts: np.ndarray) -> dict:
     """iou, fscore, mean_image_iou and num_images of some images' counts at 0.5."""
-    tp, fp, fn = (int(c) for c in counts[:, _AT_THRESHOLD].sum(axis=0))
-    image_ious = [metrics.iou_from_sums(*c) for c in counts[:, _AT_THRESHOLD]]
+    scores = task.scores(*_summed(task, counts, _at_threshold(task)))
+    image_ious = [s["iou"] for s in _image_scores(task, counts[:, _at_threshold(task)])]
     return {
-        "iou": metrics.iou_from_sums(tp, fp, fn),
-        "fscore": metrics.fscore_from_sums(tp, fp, fn),
+        "iou": scores["iou"],
+        "fscore": scores["fscore"],
         "mean_image_iou": float(np.mean(image_ious)),
         "num_images": len(counts),
     }
 
 
-def summarize(rows: pd.DataFrame, counts: np.ndarray) -> dict:
+def summarize(rows: pd.DataFrame, counts: np.ndarray, task: classes.Task = classes.BINARY) -> dict:
     """The summary.json figures (module docstring) of `count_confusions`' counts."""
-    summary = _scores(counts)
-    tp, fp, fn = (int(c) for c in counts[:, _AT_THRESHOLD].sum(axis=0))
-    summary.update(tp=tp, fp=fp, fn=fn, threshold=THRESHOLD)
-    totals = counts.sum(axis=0)  # [thresholds, 3]
-    by_threshold = {f"{t:.1f}": metrics.iou_from_sums(*totals[i]) for i, t in enumerate(THRESHOLDS)}
-    summary["iou_at_threshold"] = by_threshold
-    summary["best_threshold"] = float(max(by_threshold, key=by_threshold.get))
+    summary = _scores(task, counts)
+    tp, fp, fn = _summed(task, counts, _at_threshold(task))
+    overall = task.scores(tp, fp, fn)
+    summary.update(mean_iou=overall["iou"], per_class=overall["per_class"])
+    if task.is_binary:
+        summary.update(tp=tp[0], fp=fp[0], fn=fn[0], threshold=THRESHOLD)
+        by_threshold = {
+            f"{t:.1f}": task.scores(*_summed(task, counts, i))["iou"]
+            for i, t in enumerate(THRESHOLDS)
+        }
+        summary["iou_at_threshold"] = by_threshold
+        summary["best_threshold"] = float(max(by_threshold, key=by_threshold.get))
+    else:
+        summary.update(tp=tp, fp=fp, fn=fn, class_names=list(task.names))
     groups = rows["group"].astype(str).to_numpy()
     summary["groups"] = {
-        name: _scores(counts[groups == name]) for name in sorted(set(groups), key=_natural)
+        name: _scores(task, counts[groups == name]) for name in sorted(set(groups), key=_natural)
     }
     return summary
 
@@ -270,7 +338,8 @@ def main(argv):
     with workdir_lib.writing(output_dir, what="the evaluation results"):
         tf.io.gfile.makedirs(output_dir)
     fallback_dir = trained.path if trained.kind == inference.WORKDIR else output_dir
-    rows = select_rows(FLAGS.data_root, FLAGS.split, fallback_dir=fallback_dir)
+    task = trained.task
+    rows = select_rows(FLAGS.data_root, FLAGS.split, fallback_dir=fallback_dir, task=task)
     logging.info("Evaluating %s on %d %s images", trained.path, len(rows), FLAGS.split)
 
     counts = count_confusions(
@@ -280,11 +349,11 @@ def main(argv):
         global_batch_size=global_batch_size,
         resolution=FLAGS.resolution,
     )
-    summary = summarize(rows, counts)
+    summary = summarize(rows, counts, task)
     summary.update(model=os.path.abspath(trained.path), split=FLAGS.split)
     summary.update(resolution=FLAGS.resolution)
     summary.update(data_root=os.path.abspath(FLAGS.data_root), image_size=trained.image_size)
-    write_results(output_dir, summary, per_image_table(rows, counts))
+    write_results(output_dir, summary, per_image_table(rows, counts, task))
 
     for name, scores in summary["groups"].items():
         logging.info(
@@ -295,10 +364,17 @@ def main(argv):
             scores["mean_image_iou"],
             scores["num_images"],
         )
+    if not task.is_binary:
+        for name, scores in summary["per_class"].items():
+            logging.info("class %s: IoU %.4f F1 %.4f", name, scores["iou"], scores["fscore"])
+    chosen = (
+        f"best threshold {summary['best_threshold']}"
+        if task.is_binary
+        else f"mean over {task.num_classes - 1} foreground classes"
+    )
     print(
         f"{FLAGS.split}: IoU {summary['iou']:.4f} F1 {summary['fscore']:.4f} on "
-        f"{summary['num_images']} images at {FLAGS.resolution} resolution (best threshold "
-        f"{summary['best_threshold']}); "
+        f"{summary['num_images']} images at {FLAGS.resolution} resolution ({chosen}); "
         f"results in {output_dir}",
         flush=True,
     )

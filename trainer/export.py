@@ -7,10 +7,13 @@
 The network is rebuilt in float32 from WORKDIR/config.json with the best
 validation weights (else the latest checkpoint).
 
-saved_model  the two serving signatures of trainer.serving; default WORKDIR/export
+saved_model  the serving signatures of trainer.serving (two for a binary model,
+             three for several classes); default WORKDIR/export
 tflite       the network alone at its fixed input size, for on-device apps:
-             float32 `[1, s, s, 3]` in 0..1 -> float32 probabilities `[1, s, s, 1]`
-             (resizing and /255 are the app's). Default WORKDIR/model.tflite, or
+             float32 `[1, s, s, 3]` in 0..1 -> float32 probabilities `[1, s, s, C]`,
+             C = 1 (the foreground's) for a binary model, else one per class,
+             class 0 the background (resizing, /255 and the argmax are the
+             app's). Default WORKDIR/model.tflite, or
              model_float16.tflite / model_int8.tflite.
              --quantize=float16 halves the file (weights in float16);
              --quantize=int8 quarters it and calibrates activations on
@@ -18,18 +21,24 @@ tflite       the network alone at its fixed input size, for on-device apps:
              data root recorded in config.json. Inputs and outputs stay float32.
 
 --threshold (default 0.5) is the probability above which a pixel is
-foreground. It is stored with the model: in the SavedModel's
-assets.extra/trainer.json and its `mask` outputs, and in the .tflite file's
-metadata (entry "trainer": JSON with image_size, threshold, input and output),
-and predict uses it unless given its own --threshold. `--threshold=best` takes
-the best_threshold of WORKDIR/eval/summary.json: run trainer.evaluate first,
-on photos held out of training (the valid split, or better a split of its own).
+foreground, for binary models only: a multi-class model's pixel is of its most
+probable class, and the flag is refused. It is stored with the model: in the
+SavedModel's assets.extra/trainer.json and its `mask` outputs, and in the
+.tflite file's metadata, and predict uses it unless given its own --threshold.
+`--threshold=best` takes the best_threshold of WORKDIR/eval/summary.json: run
+trainer.evaluate first, on photos held out of training (the valid split, or
+better a split of its own).
+
+The .tflite file's metadata (entry "trainer", JSON) holds image_size, resize,
+the classes (num_classes, class_names, ignore_label, as in the SavedModel's
+trainer.json), a binary model's threshold, and the input and output described
+in words.
 """
 
 import json
 import os
 
-from trainer import cli, inference, serving
+from trainer import classes, cli, inference, serving
 from trainer import workdir as workdir_lib
 from trainer.data import decode, manifest
 from trainer.errors import UserError
@@ -61,9 +70,9 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "threshold",
         None,
-        "Probability above which a pixel is foreground, stored with the model for predict "
-        "and apps: a number in (0, 1), or 'best' (WORKDIR/eval/summary.json's best_threshold, "
-        "from trainer.evaluate); default 0.5.",
+        "Binary models only: probability above which a pixel is foreground, stored with the "
+        "model for predict and apps: a number in (0, 1), or 'best' (WORKDIR/eval/summary.json's "
+        "best_threshold, from trainer.evaluate); default 0.5.",
     )
     flags.mark_flags_as_required(["model"])
 
@@ -101,6 +110,50 @@ def chosen_threshold(value: str | None, workdir: str) -> float:
     if threshold is None or not 0.0 < threshold < 1.0:
         raise UserError(f"--threshold={value} must be a number between 0 and 1, or 'best'")
     return threshold
+
+
+def workdir_task(workdir: str) -> classes.Task:
+    """The classes of a work directory, from its config.json alone: no model is built."""
+    return classes.task(workdir_lib.read_json(os.path.join(workdir, workdir_lib.CONFIG_FILE)))
+
+
+def check_threshold_applies(value: str | None, task: classes.Task) -> None:
+    """Refuses `--threshold` for a multi-class model, before any slow work.
+
+    Its pixels take the most probable class: no threshold would be applied,
+    and storing one would tell apps otherwise.
+
+    Raises:
+        UserError: `--threshold` is given and the model has several classes.
+    """
+    if value is not None and not task.is_binary:
+        raise UserError(
+            f"--threshold={value} applies to binary models only; this model has "
+            f"{task.num_classes} classes and the argmax decides each pixel's: leave it out"
+        )
+
+
+def tflite_metadata(trained: inference.TrainedModel, threshold: float) -> dict:
+    """The "trainer" entry of a .tflite file: how to feed the network and read its output."""
+    task = trained.task
+    metadata = {
+        "image_size": trained.image_size,
+        "resize": trained.resize,
+        **serving.task_metadata(task),
+        "input": "float32 [1, s, s, 3], RGB in 0..1: the photo resized to s x s "
+        "(resize 'pad': zero-padded at the bottom and right to a square first)",
+    }
+    if task.is_binary:
+        metadata["threshold"] = threshold
+        metadata["output"] = (
+            "float32 [1, s, s, 1], foreground probability; foreground where > threshold"
+        )
+    else:
+        metadata["output"] = (
+            f"float32 [1, s, s, {task.num_classes}], the probability of each class of "
+            "class_names (softmax, class 0 the background); a pixel's class is the argmax"
+        )
+    return metadata
 
 
 def with_tflite_metadata(payload: bytes, metadata: dict) -> bytes:
@@ -173,7 +226,7 @@ def tflite_bytes(
     """Converts a float32 Keras model to a TFLite flatbuffer.
 
     Args:
-        model: float images `[b, s, s, 3]` in 0..1 -> probabilities `[b, s, s, 1]`.
+        model: float images `[b, s, s, 3]` in 0..1 -> probabilities `[b, s, s, C]`.
         quantize: None (float32), 'float16' or 'int8'.
         calibration: int8 only: float32 images `[n, s, s, 3]` covering the data.
 
@@ -199,6 +252,13 @@ def tflite_bytes(
     return converter.convert()
 
 
+def described(task: classes.Task, threshold: float) -> str:
+    """What decides a pixel in the written model, for the closing line."""
+    if task.is_binary:
+        return f"threshold {threshold:g}"
+    return f"{task.num_classes} classes: {', '.join(task.names)}; argmax"
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -209,13 +269,18 @@ def main(argv):
         )
     if FLAGS.quantize and FLAGS.format != "tflite":
         raise UserError(f"--quantize={FLAGS.quantize} applies to --format=tflite only")
+    check_threshold_applies(FLAGS.threshold, workdir_task(FLAGS.model))
     threshold = chosen_threshold(FLAGS.threshold, FLAGS.model)
     trained = inference.load_trained_model(FLAGS.model)
     output = FLAGS.output or default_output(trained.path, FLAGS.format, FLAGS.quantize)
 
     if FLAGS.format == "saved_model":
         serving.export_saved_model(
-            trained.keras_model, output, threshold=threshold, resize=trained.resize
+            trained.keras_model,
+            output,
+            threshold=threshold,
+            resize=trained.resize,
+            task=trained.task,
         )
     else:
         calibration = None
@@ -228,16 +293,9 @@ def main(argv):
         payload = tflite_bytes(
             trained.keras_model, quantize=FLAGS.quantize, calibration=calibration
         )
-        metadata = {
-            "image_size": trained.image_size,
-            "threshold": threshold,
-            "resize": trained.resize,
-            "input": "float32 [1, s, s, 3], RGB in 0..1: the photo resized to s x s "
-            "(resize 'pad': zero-padded at the bottom and right to a square first)",
-            "output": "float32 [1, s, s, 1], foreground probability; foreground where > threshold",
-        }
+        metadata = tflite_metadata(trained, threshold)
         workdir_lib.write_bytes(output, with_tflite_metadata(payload, metadata))
-    print(f"wrote {output} (threshold {threshold:g})", flush=True)
+    print(f"wrote {output} ({described(trained.task, threshold)})", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 
 from trainer import best as best_lib
-from trainer import serving
+from trainer import classes, serving
 from trainer import workdir as workdir_lib
 from trainer.errors import UserError
 
@@ -29,8 +29,8 @@ class TrainedModel:
 
     Attributes:
         predict: uint8 images `[b, s, s, 3]` at the model's size -> float32
-            probabilities `[b, s, s, 1]`; callable inside `tf.function` and
-            `strategy.run`.
+            probabilities `[b, s, s, C]` (C = 1 when binary, else the K classes);
+            callable inside `tf.function` and `strategy.run`.
         image_size: s, the model's input side in px.
         path: the work directory or export given.
         kind: 'workdir' or 'export'.
@@ -41,6 +41,8 @@ class TrainedModel:
             export's chosen one (`trainer.export --threshold`), 0.5 for a work
             directory.
         resize: how a photo becomes the model's square (`data.resize`).
+        task: the classes (count, names, ignore label); binary for runs and
+            exports made before several classes existed.
     """
 
     predict: Callable[[tf.Tensor], tf.Tensor]
@@ -52,6 +54,7 @@ class TrainedModel:
     handle: object = None
     threshold: float = serving.DEFAULT_THRESHOLD
     resize: str = "stretch"
+    task: classes.Task = classes.BINARY
 
 
 def model_kind(path: str) -> str:
@@ -128,7 +131,14 @@ def _load_workdir(workdir: str) -> TrainedModel:
 
     resize = config["data"].get("resize", "stretch")  # runs before data.resize stretched
     return TrainedModel(
-        predict, image_size, workdir, WORKDIR, config=config, keras_model=model, resize=resize
+        predict,
+        image_size,
+        workdir,
+        WORKDIR,
+        config=config,
+        keras_model=model,
+        resize=resize,
+        task=classes.task(config),
     )
 
 
@@ -152,5 +162,12 @@ def _load_export(directory: str) -> TrainedModel:
     logging.info("Loaded the SavedModel %s (%d px, threshold %g)", directory, image_size, threshold)
     resize = metadata.get("resize", "stretch")
     return TrainedModel(
-        predict, image_size, directory, EXPORT, handle=loaded, threshold=threshold, resize=resize
+        predict,
+        image_size,
+        directory,
+        EXPORT,
+        handle=loaded,
+        threshold=threshold,
+        resize=resize,
+        task=serving.task_of(metadata),
     )

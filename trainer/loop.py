@@ -1,17 +1,19 @@
 """The train step, the multi-step train function and the evaluation pass.
 
-Per replica, a step is: forward, per-example Dice+Focal loss, average over the
+Per replica, a step is: forward, per-example Dice+Focal loss (binary, or
+categorical for several classes: `classes.Task`), average over the
 GLOBAL batch (so that the all-reduced gradient is the gradient of the global
 mean, whatever the replica count), loss scaling under float16, gradients,
 apply (the optimizer all-reduces; a loss-scale optimizer skips non-finite
-steps), and exact confusion sums for the metrics.
+steps), and exact per-class confusion sums for the metrics.
 """
 
 import dataclasses
 
-from trainer import losses, metrics, optim
+from trainer import classes, optim
 from trainer import model as model_lib
 
+import numpy as np
 import tensorflow as tf
 
 _SUM = tf.distribute.ReduceOp.SUM
@@ -40,6 +42,7 @@ class Trainee:
         eval_fn: `eval_fn(distributed_batch) -> list` (see `make_eval_fn`).
         strategy: the strategy the variables live on.
         global_batch_size: examples per step over all replicas.
+        task: the classes' loss and metrics.
     """
 
     model: tf.keras.Model
@@ -49,6 +52,7 @@ class Trainee:
     eval_fn: object
     strategy: tf.distribute.Strategy
     global_batch_size: int
+    task: classes.Task = classes.BINARY
 
 
 def build_trainee(config, strategy: tf.distribute.Strategy, plan: dict) -> Trainee:
@@ -83,6 +87,7 @@ def build_trainee(config, strategy: tf.distribute.Strategy, plan: dict) -> Train
             step = create_step_counter()
     finally:
         tf.keras.mixed_precision.set_global_policy(previous_policy)
+    task = classes.task(config)
     train_fn = make_train_fn(
         model,
         optimizer,
@@ -90,9 +95,11 @@ def build_trainee(config, strategy: tf.distribute.Strategy, plan: dict) -> Train
         strategy,
         global_batch_size=plan["global_batch_size"],
         jit_compile=config.train.jit_compile,
+        task=task,
     )
-    eval_fn = make_eval_fn(model, strategy)
-    return Trainee(model, optimizer, step, train_fn, eval_fn, strategy, plan["global_batch_size"])
+    eval_fn = make_eval_fn(model, strategy, task=task)
+    batch = plan["global_batch_size"]
+    return Trainee(model, optimizer, step, train_fn, eval_fn, strategy, batch, task)
 
 
 def make_train_fn(
@@ -103,6 +110,7 @@ def make_train_fn(
     *,
     global_batch_size: int,
     jit_compile: bool = False,
+    task: classes.Task = classes.BINARY,
 ):
     """Returns `train_fn(iterator, num_steps) -> dict` running num_steps steps in one call.
 
@@ -110,7 +118,8 @@ def make_train_fn(
     skips steps with non-finite gradients. The dict holds the mean loss over the
     finite steps, `finite_steps` (steps whose loss and gradients were finite on
     every replica: the applied ones), and the summed confusion counts `tp`,
-    `fp`, `fn` of the training batches.
+    `fp`, `fn` of the training batches, int64 `[C]` (one per class; C = 1 when
+    binary).
     """
 
     def replica_step(images, masks):
@@ -119,7 +128,7 @@ def make_train_fn(
         statistics_before = [tf.identity(v) for v in model.non_trainable_variables]
         with tf.GradientTape() as tape:
             probabilities = model(images, training=True)
-            per_example_loss = losses.dice_focal(masks, probabilities)
+            per_example_loss = task.loss(masks, probabilities)
             loss = tf.nn.compute_average_loss(per_example_loss, global_batch_size=global_batch_size)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
@@ -136,7 +145,7 @@ def make_train_fn(
         )
         for variable, before in zip(model.non_trainable_variables, statistics_before):
             variable.assign(tf.where(bad_anywhere > 0, before, variable))
-        tp, fp, fn = metrics.confusion_sums(masks, probabilities)
+        tp, fp, fn = (tf.reduce_sum(c, axis=0) for c in task.confusion(masks, probabilities))
         return loss, bad_anywhere, tp, fp, fn
 
     if jit_compile:
@@ -146,7 +155,7 @@ def make_train_fn(
     def train_fn(iterator, num_steps):
         loss_sum = tf.constant(0.0)
         finite_steps = tf.constant(0, tf.int64)
-        counts = [tf.constant(0, tf.int64)] * 3
+        counts = [tf.zeros([task.num_channels], tf.int64)] * 3
         for _ in tf.range(num_steps):
             loss, bad_anywhere, *step_counts = strategy.run(replica_step, args=next(iterator))
             loss = strategy.reduce(_SUM, loss, axis=None)
@@ -172,21 +181,25 @@ def make_train_fn(
     return train_fn
 
 
-def make_eval_fn(model: tf.keras.Model, strategy: tf.distribute.Strategy):
+def make_eval_fn(
+    model: tf.keras.Model, strategy: tf.distribute.Strategy, *, task: classes.Task = classes.BINARY
+):
     """Returns `eval_fn(distributed_batch) -> list` of global sums for one batch.
 
     The batch is `(images, masks, weights)` from `make_dataset(with_weights=True)`;
     padding examples have weight 0. The sums (loss over examples, example count,
-    tp, fp, fn) stay exact however the examples are spread over replicas.
+    and per-class tp, fp, fn `[C]`) stay exact however the examples are spread
+    over replicas.
     """
 
     def replica_eval(images, masks, weights):
         probabilities = model(images, training=False)
-        loss_sum = tf.reduce_sum(losses.dice_focal(masks, probabilities) * weights)
+        loss_sum = tf.reduce_sum(task.loss(masks, probabilities) * weights)
         is_real = tf.cast(weights > 0, tf.int32)
         count = tf.reduce_sum(is_real)
         tp, fp, fn = (
-            tf.reduce_sum(c * is_real) for c in metrics.per_example_confusion(masks, probabilities)
+            tf.reduce_sum(c * is_real[:, None], axis=0)
+            for c in task.confusion(masks, probabilities)
         )
         return loss_sum, count, tp, fp, fn
 
@@ -198,23 +211,26 @@ def make_eval_fn(model: tf.keras.Model, strategy: tf.distribute.Strategy):
     return eval_fn
 
 
-def evaluate(eval_fn, dataset) -> dict:
+def evaluate(eval_fn, dataset, task: classes.Task = classes.BINARY) -> dict:
     """Runs one pass over a distributed validation dataset.
 
     Returns:
-        `loss` (mean per example), `iou`, `fscore` (from the summed counts),
-        `num_examples`, and the raw `tp`, `fp`, `fn`.
+        `loss` (mean per example), `iou`, `fscore` (from the summed counts:
+        means over the foreground classes), `per_class` ({name: {iou, fscore}}),
+        `num_examples`, and the raw per-class `tp`, `fp`, `fn` (lists of ints).
     """
-    loss_sum, count, tp, fp, fn = 0.0, 0, 0, 0, 0
+    loss_sum, count, totals = 0.0, 0, None
     for batch in dataset:
-        batch_loss, batch_count, batch_tp, batch_fp, batch_fn = eval_fn(batch)
+        batch_loss, batch_count, *batch_counts = eval_fn(batch)
         loss_sum += float(batch_loss)
         count += int(batch_count)
-        tp, fp, fn = tp + int(batch_tp), fp + int(batch_fp), fn + int(batch_fn)
+        batch_counts = [c.numpy().astype(np.int64) for c in batch_counts]
+        totals = batch_counts if totals is None else [a + b for a, b in zip(totals, batch_counts)]
+    empty = [np.zeros(task.num_channels, np.int64)] * 3
+    tp, fp, fn = ([int(v) for v in c] for c in (totals or empty))
     return {
         "loss": loss_sum / max(count, 1),
-        "iou": metrics.iou_from_sums(tp, fp, fn),
-        "fscore": metrics.fscore_from_sums(tp, fp, fn),
+        **task.scores(tp, fp, fn),
         "num_examples": count,
         "tp": tp,
         "fp": fp,

@@ -1,4 +1,4 @@
-"""Per-example segmentation losses: Dice, binary focal, and their sum (the seed's loss).
+"""Per-example segmentation losses: Dice plus focal, binary (the seed's) and multi-class.
 
 Each loss returns one value per example, shape `[batch]`, so that the train step can
 reduce with `tf.nn.compute_average_loss(per_example, global_batch_size=...)` and get
@@ -13,8 +13,15 @@ batch, the mean of `dice_focal` equals `DiceLoss(per_image=True) + BinaryFocalLo
 
 Inputs may be float16 or bfloat16 under mixed precision; everything is computed in
 float32, which the `log` of clipped probabilities needs (1 - 1e-7 rounds to 1 in float16).
+
+Multi-class (`categorical_dice_focal`) takes softmax probabilities over K classes and masks
+of label indices, where pixels holding an ignore label (unannotated borders, say) count
+nowhere. For one example without ignored pixels it equals
+`sm.losses.DiceLoss() + sm.losses.CategoricalFocalLoss()`; it departs from
+segmentation_models only where that would make class weights change the loss scale.
 """
 
+import numpy as np
 import tensorflow as tf
 
 # segmentation_models' default `smooth`, added to the numerator and denominator of the
@@ -23,6 +30,9 @@ DICE_SMOOTH = 1e-5
 # segmentation_models clips probabilities to [eps, 1 - eps] with Keras' `epsilon()`, whose
 # default is 1e-7; it is a constant here so that the loss reads no global Keras state.
 PROBABILITY_EPS = 1e-7
+# segmentation_models' CategoricalFocalLoss defaults; class weights go on top of alpha.
+_FOCAL_ALPHA = 0.25
+_FOCAL_GAMMA = 2.0
 
 # [batch, height, width, channels]: the Dice sums are per example and channel.
 _SPATIAL_AXES = (1, 2)
@@ -40,6 +50,14 @@ def _as_float32(y_true, y_pred):
             f"{y_true.shape} and {y_pred.shape}; give masks a trailing channel axis."
         )
     return tf.cast(y_true, tf.float32), tf.cast(y_pred, tf.float32)
+
+
+def _dice_scores(y_true, y_pred, smooth):
+    """`[batch, channels]` soft Dice scores of float32 `[batch, height, width, channels]`."""
+    tp = tf.reduce_sum(y_true * y_pred, axis=_SPATIAL_AXES)
+    fp = tf.reduce_sum(y_pred, axis=_SPATIAL_AXES) - tp
+    fn = tf.reduce_sum(y_true, axis=_SPATIAL_AXES) - tp
+    return (2.0 * tp + smooth) / (2.0 * tp + fn + fp + smooth)
 
 
 def dice_loss(y_true, y_pred, *, smooth=DICE_SMOOTH):
@@ -60,11 +78,7 @@ def dice_loss(y_true, y_pred, *, smooth=DICE_SMOOTH):
       `[batch]` float32 loss in [0, 1].
     """
     y_true, y_pred = _as_float32(y_true, y_pred)
-    tp = tf.reduce_sum(y_true * y_pred, axis=_SPATIAL_AXES)
-    fp = tf.reduce_sum(y_pred, axis=_SPATIAL_AXES) - tp
-    fn = tf.reduce_sum(y_true, axis=_SPATIAL_AXES) - tp
-    score = (2.0 * tp + smooth) / (2.0 * tp + fn + fp + smooth)
-    return 1.0 - tf.reduce_mean(score, axis=-1)
+    return 1.0 - tf.reduce_mean(_dice_scores(y_true, y_pred, smooth), axis=-1)
 
 
 def binary_focal_loss(y_true, y_pred, *, alpha=0.25, gamma=2.0):
@@ -106,3 +120,148 @@ def dice_focal(y_true, y_pred):
       batch size.
     """
     return dice_loss(y_true, y_pred) + binary_focal_loss(y_true, y_pred)
+
+
+def _one_hot_truth(labels, probabilities, ignore_label):
+    """Checks the shapes; returns float32 one-hot truth, probabilities and the valid mask.
+
+    Truth and probabilities are zeroed at ignored pixels, so every sum over pixels leaves
+    them out. The valid mask is `[batch, height, width, 1]` float32, 1 where not ignored.
+    """
+    labels = tf.convert_to_tensor(labels)
+    probabilities = tf.convert_to_tensor(probabilities)
+    if probabilities.shape.rank != 4 or probabilities.shape[-1] is None:
+        raise ValueError(
+            "probabilities must be [batch, height, width, classes] with a static number of "
+            f"classes, got shape {probabilities.shape}."
+        )
+    num_classes = probabilities.shape[-1]
+    if num_classes < 2:
+        raise ValueError(
+            f"probabilities must have at least 2 classes, got {num_classes}; use dice_focal "
+            "for a single sigmoid channel."
+        )
+    if not labels.shape.is_compatible_with([None, None, None, 1]):
+        raise ValueError(
+            f"labels must be [batch, height, width, 1] class indices, got shape {labels.shape}."
+        )
+    if not labels.shape[:3].is_compatible_with(probabilities.shape[:3]):
+        raise ValueError(
+            "labels and probabilities must have the same batch, height and width, got shapes "
+            f"{labels.shape} and {probabilities.shape}."
+        )
+    # The pipeline gives float32 holding integers: exact, so the cast does not round.
+    indices = tf.cast(labels[..., 0], tf.int32)
+    if ignore_label is None:
+        valid = tf.ones_like(indices, tf.float32)
+    else:
+        valid = tf.cast(tf.not_equal(indices, ignore_label), tf.float32)
+    valid = valid[..., tf.newaxis]
+    # tf.one_hot gives a row of zeros for indices outside [0, K): the ignore label, and
+    # labels >= K that are not ignored (truth of no class).
+    truth = tf.one_hot(indices, num_classes, dtype=tf.float32) * valid
+    return truth, tf.cast(probabilities, tf.float32) * valid, valid
+
+
+def _normalised_class_weights(class_weights, num_classes):
+    """`[num_classes]` float32 weights with mean 1 (all ones when `class_weights` is None)."""
+    if class_weights is None:
+        return tf.ones([num_classes], tf.float32)
+    weights = np.asarray(class_weights, np.float64)
+    if weights.shape != (num_classes,):
+        raise ValueError(
+            f"class_weights must have one weight per class ({num_classes}), got shape "
+            f"{weights.shape}."
+        )
+    if np.any(weights < 0) or not weights.sum() > 0:
+        raise ValueError(f"class_weights must be non-negative and not all 0, got {weights}.")
+    return tf.constant(weights * num_classes / weights.sum(), tf.float32)
+
+
+def categorical_dice_focal(labels, probabilities, *, class_weights=None, ignore_label=255):
+    """Multi-class loss of each example: weighted soft Dice loss + categorical focal loss.
+
+    Dice: soft counts per example and class over the non-ignored pixels (tp = sum(t * p),
+    fp = sum(p) - tp, fn = sum(t) - tp, t the one-hot truth), score
+    (2 tp + smooth) / (2 tp + fp + fn + smooth), loss 1 - the weighted mean of the scores.
+    A class absent from an example and predicted absent scores 1.
+
+    Focal (alpha 0.25, gamma 2): per pixel and class -w * t * alpha * (1 - p)**gamma * log(p),
+    p clipped to [1e-7, 1 - 1e-7], w the class weight scaled to mean 1; summed over the
+    non-ignored pixels and classes and divided by K times their number of pixels.
+
+    For one example with no ignored pixel and equal (or no) class weights this equals
+    `sm.losses.DiceLoss() + sm.losses.CategoricalFocalLoss()` of segmentation_models 1.0.1.
+    It differs on purpose with class weights: sm's `DiceLoss` multiplies the scores by the
+    weights without normalising them, so weights of 3 would triple the loss scale (and
+    could make it negative), and sm's focal loss takes one alpha for all classes; here the
+    weights are normalised, so only their ratios matter, and they apply per class to both
+    terms. Over a batch, the mean equals sm's `DiceLoss(per_image=True)` (not its pooled
+    default), for the reason given in the module docstring.
+
+    A label that is neither the ignore label nor in [0, K) is truth of no class: the
+    pixel's probabilities count as Dice false positives and its focal term is 0. An
+    example whose pixels are all ignored has loss 0.
+
+    Args:
+      labels: `[batch, height, width, 1]` class indices in [0, K), any dtype holding
+        integers (the pipeline gives float32); class 0 is background.
+      probabilities: `[batch, height, width, K]` softmax outputs, K >= 2 and static, any
+        float dtype.
+      class_weights: None (all classes alike) or K non-negative weights, not all 0; only
+        their ratios matter.
+      ignore_label: pixels with this label count nowhere; None ignores nothing.
+
+    Returns:
+      `[batch]` float32 loss; reduce it with `tf.nn.compute_average_loss` and the global
+      batch size.
+
+    Raises:
+      ValueError: on shapes other than the above, or class weights not one per class.
+    """
+    truth, probabilities, valid = _one_hot_truth(labels, probabilities, ignore_label)
+    num_classes = probabilities.shape[-1]
+    weights = _normalised_class_weights(class_weights, num_classes)
+
+    scores = _dice_scores(truth, probabilities, DICE_SMOOTH)
+    dice = 1.0 - tf.reduce_sum(scores * weights, axis=-1) / tf.reduce_sum(weights)
+
+    # Ignored pixels have truth 0, so their (clipped) probabilities add nothing here.
+    p = tf.clip_by_value(probabilities, PROBABILITY_EPS, 1.0 - PROBABILITY_EPS)
+    focal = -truth * (_FOCAL_ALPHA * tf.pow(1.0 - p, _FOCAL_GAMMA) * tf.math.log(p)) * weights
+    valid_pixels = tf.maximum(tf.reduce_sum(valid, axis=_PER_EXAMPLE_AXES), 1.0)
+    focal = tf.reduce_sum(focal, axis=_PER_EXAMPLE_AXES) / (num_classes * valid_pixels)
+    return dice + focal
+
+
+def segmentation_loss(labels, probabilities, *, num_classes, class_weights=None, ignore_label=255):
+    """The training loss per example for `num_classes` outputs.
+
+    `num_classes == 1` (one sigmoid channel, masks in {0, 1}) gives `dice_focal`, the
+    seed's binary loss, unchanged; `class_weights` and `ignore_label` are then unused.
+    Otherwise (K softmax channels, label-index masks) it gives `categorical_dice_focal`.
+
+    Args:
+      labels: `[batch, height, width, 1]` mask (binary) or class indices (multi-class).
+      probabilities: `[batch, height, width, num_classes]` model outputs.
+      num_classes: 1 for binary, else K >= 2, which must be the probabilities' last axis.
+      class_weights: multi-class only; see `categorical_dice_focal`.
+      ignore_label: multi-class only; see `categorical_dice_focal`.
+
+    Returns:
+      `[batch]` float32 loss; reduce it with `tf.nn.compute_average_loss`.
+
+    Raises:
+      ValueError: when `num_classes` is below 1 or is not the probabilities' last axis.
+    """
+    if num_classes == 1:
+        return dice_focal(labels, probabilities)
+    channels = tf.convert_to_tensor(probabilities).shape[-1]
+    if num_classes < 1 or channels != num_classes:
+        raise ValueError(
+            f"num_classes must be 1 or the probabilities' last axis, got {num_classes} for "
+            f"probabilities with {channels} channels."
+        )
+    return categorical_dice_focal(
+        labels, probabilities, class_weights=class_weights, ignore_label=ignore_label
+    )

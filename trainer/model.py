@@ -48,7 +48,8 @@ def build_model(
 
     Returns:
         A Keras model from float images `[batch, s, s, 3]` in 0..1 to float32
-        probabilities `[batch, s, s, 1]`.
+        probabilities `[batch, s, s, C]`: C = 1 sigmoid channel when
+        `model.num_classes` is 1 (binary), else C = K softmax channels.
 
     Raises:
         UserError: the ImageNet weights cannot be downloaded (no internet), or the
@@ -56,10 +57,13 @@ def build_model(
     """
     arch = model_config.arch.lower()
     weights_kind = encoder_weights_kind(model_config.encoder_weights)
+    # Configs saved before multi-class (a work directory's config.json) are binary.
+    num_classes = int(model_config.get("num_classes", 1))
+    activation = "sigmoid" if num_classes == 1 else "softmax"
     kwargs = dict(
         input_shape=(image_size, image_size, 3),
-        classes=1,
-        activation="sigmoid",
+        classes=num_classes,
+        activation=activation,
         encoder_weights="imagenet" if weights_kind == "imagenet" else None,
         encoder_freeze=model_config.encoder_freeze,
     )
@@ -76,8 +80,8 @@ def build_model(
         _load_encoder_file(model, model_config.encoder_weights)
 
     # Under mixed precision the network computes in float16/bfloat16; the loss
-    # needs float32 probabilities (the seed's trick: re-add the sigmoid as float32).
-    probabilities = tf.keras.layers.Activation("sigmoid", dtype="float32", name="probabilities")(
+    # needs float32 probabilities (the seed's trick: re-add the activation as float32).
+    probabilities = tf.keras.layers.Activation(activation, dtype="float32", name="probabilities")(
         model.layers[-2].output
     )
     model = tf.keras.Model(model.input, probabilities, name=f"{arch}_{model_config.backbone}")

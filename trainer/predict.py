@@ -1,4 +1,4 @@
-"""Predicts masks for photos of any size: a binary mask and an overlay per photo.
+"""Predicts masks for photos of any size: a mask (or label map) and an overlay per photo.
 
     python -m trainer.predict --model=runs/demo --input='photos/*.jpg' --output=predictions
     python -m trainer.predict --model=runs/demo/export --input=photos --output=out --tta
@@ -7,15 +7,21 @@
 --input a file, a folder (its image files, not recursive) or a glob. For each
 photo NAME.ext the output folder gets
 
-  NAME_mask.png     0/255 at the photo's original size
-  NAME_overlay.png  the photo with the mask tinted over it and its contour drawn
+  NAME_mask.png     at the photo's original size: 0/255 for a binary model;
+                    for a multi-class one the label map, each pixel its most
+                    probable class 0..K-1 (0 the background), as training's masks
+  NAME_overlay.png  the photo with the mask tinted over it and its contour drawn;
+                    for several classes each class in its colour of
+                    `trainer.colours` (background untinted) and a legend naming
+                    them drawn over the bottom of the photo
 
 Photos are decoded as training decodes them (TensorFlow, turned upright by
 their EXIF orientation: masks and overlays are in the upright frame), resized
 to the model's size in a tf.data pipeline, predicted in batches, and the
-probabilities resized back before thresholding. A photo that cannot be read
-is skipped with a warning naming it; the run fails (exit 1) only when no photo
-could be read.
+probabilities resized back before thresholding (binary) or taking the argmax
+(several classes; --threshold is refused), as the export's signatures do. A
+photo that cannot be read is skipped with a warning naming it; the run fails
+(exit 1) only when no photo could be read.
 """
 
 import collections
@@ -24,7 +30,7 @@ import glob
 import os
 import sys
 
-from trainer import cli, inference, serving
+from trainer import cli, colours, inference, serving
 from trainer import workdir as workdir_lib
 from trainer.data import decode, layout
 from trainer.errors import UserError
@@ -36,6 +42,9 @@ from absl import app, flags, logging
 
 OVERLAY_COLOUR_RGB = (0, 255, 128)
 OVERLAY_ALPHA = 0.45  # share of the tint in the overlay's masked pixels
+LEGEND_BACKGROUND_RGB = (32, 32, 32)
+LEGEND_TEXT_RGB = (255, 255, 255)
+LEGEND_FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 FLAGS = flags.FLAGS
 
@@ -51,8 +60,8 @@ def define_flags() -> None:
     flags.DEFINE_float(
         "threshold",
         None,
-        "A pixel is foreground when its probability is above; default: the export's stored "
-        "threshold (trainer.export --threshold), 0.5 for a work directory.",
+        "Binary models only: a pixel is foreground when its probability is above; default: "
+        "the export's stored threshold (trainer.export --threshold), 0.5 for a work directory.",
     )
     flags.DEFINE_bool("tta", False, "Average with the prediction of the mirrored photo.")
     flags.DEFINE_integer("batch_size", 8, "Photos per inference batch.")
@@ -132,12 +141,21 @@ def make_photo_dataset(
 
 
 def chosen_threshold(flag_value: float | None, trained: inference.TrainedModel) -> float:
-    """`--threshold` when given, else the one stored with the model (0.5 for a work directory)."""
+    """`--threshold` when given, else the one stored with the model (0.5 for a work directory).
+
+    Raises:
+        UserError: `--threshold` is given for a multi-class model, whose argmax decides.
+    """
+    if flag_value is not None and not trained.task.is_binary:
+        raise UserError(
+            f"--threshold={flag_value:g} applies to binary models only; {trained.path} has "
+            f"{trained.task.num_classes} classes and the argmax decides each pixel's: leave it out"
+        )
     return trained.threshold if flag_value is None else flag_value
 
 
 def make_predict_fn(trained: inference.TrainedModel, *, tta: bool):
-    """uint8 `[b, s, s, 3]` -> probabilities `[b, s, s, 1]`, mirrored-averaged if tta."""
+    """uint8 `[b, s, s, 3]` -> probabilities `[b, s, s, C]`, mirrored-averaged if tta."""
 
     @tf.function
     def predict(images):
@@ -163,6 +181,70 @@ def draw_overlay(photo: np.ndarray, mask: np.ndarray) -> np.ndarray:
     thickness = max(1, round(min(mask.shape) / 250))  # visible on large photos too
     cv2.drawContours(overlay, contours, -1, OVERLAY_COLOUR_RGB, thickness)
     return overlay
+
+
+def draw_labels_overlay(photo: np.ndarray, labels: np.ndarray, task) -> np.ndarray:
+    """The photo (RGB uint8 `[h, w, 3]`) with each class of `labels` (`[h, w]`) tinted and outlined.
+
+    The background (class 0) is left as photographed; a legend naming the
+    classes (`task.names`) in their colours covers the bottom of the photo.
+    """
+    palette = colours.palette(task.num_classes)
+    tint = colours.label_image(labels, task.num_classes, task.ignore_label).astype(np.float32)
+    overlay = photo.copy()
+    tinted = labels > 0
+    overlay[tinted] = np.round(
+        (1 - OVERLAY_ALPHA) * photo[tinted] + OVERLAY_ALPHA * tint[tinted]
+    ).astype(np.uint8)
+    thickness = max(1, round(min(labels.shape) / 250))  # visible on large photos too
+    for label in range(1, task.num_classes):
+        contours, _ = cv2.findContours(
+            (labels == label).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+        )
+        cv2.drawContours(overlay, contours, -1, _rgb(palette[label]), thickness)
+    draw_legend(overlay, task.names, palette)
+    return overlay
+
+
+def _rgb(colour) -> tuple[int, int, int]:
+    """An OpenCV colour: a tuple of Python ints (it refuses numpy's)."""
+    return tuple(int(c) for c in colour)
+
+
+def draw_legend(overlay: np.ndarray, names, palette: np.ndarray) -> None:
+    """Draws over the bottom of `overlay` a strip with each class's swatch and name.
+
+    Drawn over the photo rather than added below it, so that an overlay keeps
+    its photo's size, as the mask does. Text scales with the photo; entries
+    wrap onto more rows where the photo is too narrow for one row (the strip
+    covers at most half the photo, the rest is cut off). Swatches are outlined,
+    so that the black background's shows on the dark strip.
+    """
+    height, width = overlay.shape[:2]
+    text_px = max(8, round(min(height, width) / 24))
+    (_, base_px), _ = cv2.getTextSize("Ag", LEGEND_FONT, 1.0, 1)
+    scale = text_px / base_px
+    stroke = max(1, round(text_px / 12))
+    gap = max(2, text_px // 3)
+    row_px = text_px + 2 * gap
+    entries, x, row = [], gap, 0
+    for name, colour in zip(names, palette):
+        (text_width, _), _ = cv2.getTextSize(name, LEGEND_FONT, scale, stroke)
+        entry_width = text_px + gap + text_width
+        if x > gap and x + entry_width > width:
+            x, row = gap, row + 1
+        entries.append((x, row, name, colour))
+        x += entry_width + 2 * gap
+    # At most half the photo: a tiny photo's prediction stays in sight.
+    top = height - min(max(height // 2, 1), (row + 1) * row_px)
+    overlay[top:] = LEGEND_BACKGROUND_RGB
+    for x, row, name, colour in entries:
+        y = top + row * row_px + gap
+        corner = (x + text_px - 1, y + text_px - 1)
+        cv2.rectangle(overlay, (x, y), corner, _rgb(colour), cv2.FILLED)
+        cv2.rectangle(overlay, (x, y), corner, LEGEND_TEXT_RGB, 1)
+        origin = (x + text_px + gap, y + text_px - 1)
+        cv2.putText(overlay, name, origin, LEGEND_FONT, scale, LEGEND_TEXT_RGB, stroke, cv2.LINE_AA)
 
 
 def write_png(path: str, image: np.ndarray) -> None:
@@ -191,6 +273,9 @@ def predict_files(
 ) -> list[str]:
     """Writes NAME_mask.png and NAME_overlay.png for each readable photo.
 
+    A binary model's masks are its probabilities above `threshold`; a
+    multi-class model's are label maps, the argmax (`threshold` unused).
+
     Returns:
         The paths that could not be read (each also logged as a warning).
     """
@@ -206,11 +291,19 @@ def predict_files(
             logging.warning("skipped %s: not a readable image", paths[index])
             skipped.append(paths[index])
 
+    task = trained.task
+
     def write(index, photo, probabilities):
-        mask = probabilities[..., 0] > threshold
         stem = os.path.join(output_dir, names[index])
-        write_png(f"{stem}_mask.png", mask.astype(np.uint8) * 255)
-        write_png(f"{stem}_overlay.png", draw_overlay(photo, mask))
+        if task.is_binary:
+            mask = probabilities[..., 0] > threshold
+            write_png(f"{stem}_mask.png", mask.astype(np.uint8) * 255)
+            write_png(f"{stem}_overlay.png", draw_overlay(photo, mask))
+            return
+        # The argmax at the photo's size, as the export's `labels` output.
+        labels = np.argmax(probabilities, axis=-1).astype(np.uint8)
+        write_png(f"{stem}_mask.png", labels)
+        write_png(f"{stem}_overlay.png", draw_labels_overlay(photo, labels, task))
 
     # PNG encoding releases the GIL: files are written while the next batch predicts.
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as writers:
@@ -245,9 +338,8 @@ def main(argv):
     paths = find_inputs(FLAGS.input)
     trained = inference.load_trained_model(FLAGS.model)
     threshold = chosen_threshold(FLAGS.threshold, trained)
-    logging.info(
-        "Predicting %d image(s) with %s, threshold %g", len(paths), trained.path, threshold
-    )
+    decided_by = f"threshold {threshold:g}" if trained.task.is_binary else "argmax"
+    logging.info("Predicting %d image(s) with %s, %s", len(paths), trained.path, decided_by)
     skipped = predict_files(
         trained,
         paths,

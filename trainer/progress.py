@@ -8,9 +8,10 @@ whose steps keep being skipped for a non-finite loss.
 
 import sys
 
-from trainer import metrics
+from trainer import classes
 from trainer.errors import UserError
 
+import numpy as np
 from absl import logging
 
 
@@ -61,9 +62,10 @@ class DivergenceGuard:
 class TrainWindow:
     """Training figures accumulated since the last train record."""
 
-    def __init__(self):
+    def __init__(self, task: classes.Task = classes.BINARY):
         self.loss_sum, self.finite_steps, self.images, self.seconds = 0.0, 0, 0, 0.0
-        self.tp = self.fp = self.fn = 0
+        self.task = task
+        self.tp = self.fp = self.fn = np.zeros(task.num_channels, np.int64)
 
     def add(self, logs: dict, images: int, seconds: float) -> None:
         """Adds one train call: its logs (see `loop.make_train_fn`), images and duration."""
@@ -71,9 +73,9 @@ class TrainWindow:
         if finite:
             self.loss_sum += float(logs["loss"]) * finite
         self.finite_steps += finite
-        self.tp += int(logs["tp"])
-        self.fp += int(logs["fp"])
-        self.fn += int(logs["fn"])
+        self.tp = self.tp + np.asarray(logs["tp"], np.int64)
+        self.fp = self.fp + np.asarray(logs["fp"], np.int64)
+        self.fn = self.fn + np.asarray(logs["fn"], np.int64)
         self.images += images
         self.seconds += seconds
 
@@ -88,11 +90,13 @@ class TrainWindow:
         return self.images / self.seconds if self.seconds else 0.0
 
     def summary(self) -> dict:
-        """The window's train record: mean loss, IoU, F1 and images/s."""
+        """The window's train record: mean loss, IoU, F1 (per class too) and images/s."""
+        scores = self.task.scores(*(c.tolist() for c in (self.tp, self.fp, self.fn)))
         return {
             "loss": self.loss,
-            "iou": metrics.iou_from_sums(self.tp, self.fp, self.fn),
-            "fscore": metrics.fscore_from_sums(self.tp, self.fp, self.fn),
+            "iou": scores["iou"],
+            "fscore": scores["fscore"],
+            **self.task.per_class_record(scores),
             "images_per_sec": self.images_per_sec,
         }
 

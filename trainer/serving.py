@@ -1,9 +1,11 @@
 """The trained network as a service: the SavedModel export and its signatures.
 
-An export (`WORKDIR/export`, or `python -m trainer.export`) is a SavedModel with
-two signatures, both returning probabilities of the foreground at each image's
-ORIGINAL size, and the mask at the export's threshold, so that TensorFlow
-Serving and other clients need no preprocessing of their own:
+An export (`WORKDIR/export`, or `python -m trainer.export`) is a SavedModel
+whose signatures return results at each image's ORIGINAL size, so that
+TensorFlow Serving and other clients need no preprocessing of their own.
+
+A binary model (`model.num_classes` 1) has two signatures, returning the
+probability of the foreground and the mask at the export's threshold:
 
   serving_default  image_bytes: string [batch] (encoded PNG, JPEG, BMP or GIF)
                    -> probabilities: float32 [batch, max_height, max_width, 1],
@@ -21,18 +23,35 @@ Serving and other clients need no preprocessing of their own:
                    -> probabilities: float32 [batch, height, width, 1],
                       mask: uint8 [batch, height, width, 1]
 
+A multi-class model (K >= 2 softmax classes, class 0 the background) has no
+threshold: a pixel's class is the argmax of its probabilities, taken after they
+are resized back to the photo's size. Its signatures return, in place of
+`mask`, the label map `labels` (uint8, 0..K-1; the padding of a batch is 0),
+and a third signature returns the labels alone, for clients that need no
+probabilities and would otherwise receive 4K bytes a pixel instead of 1:
+
+  serving_default  image_bytes -> probabilities: float32 [batch, max_height, max_width, K],
+                                  labels: uint8 [batch, max_height, max_width, 1],
+                                  height, width: int32 [batch]
+  serve_images     images -> probabilities: float32 [batch, height, width, K],
+                             labels: uint8 [batch, height, width, 1]
+  serve_labels     image_bytes -> labels, height, width (as serving_default's)
+
 Inside the graph an image is resized to the model's square input as training
 resized it (zero-padded to a square first under `data.resize=pad`; area or
 antialiased bilinear, rounded to uint8), divided by 255, and the probabilities
-are resized back (bilinear; the padding cut off). `assets.extra/trainer.json` records
-the model's input size and the threshold (`trainer.export --threshold`, 0.5
-unless chosen); TensorFlow Serving ignores that folder.
+are resized back (bilinear; the padding cut off). `assets.extra/trainer.json`
+records the model's input size, the resize mode, the signatures, the classes
+(`num_classes`, `class_names`, `ignore_label`; `task_of` reads them back) and,
+for a binary model, the threshold (`trainer.export --threshold`, 0.5 unless
+chosen); TensorFlow Serving ignores that folder.
 
 Loading a work directory or an export back for inference is `trainer.inference`.
 """
 
 import os
 
+from trainer import classes
 from trainer import workdir as workdir_lib
 from trainer.data import decode
 
@@ -42,16 +61,19 @@ METADATA_FILE = os.path.join("assets.extra", "trainer.json")
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_THRESHOLD = 0.5
 IMAGES_SIGNATURE = "serve_images"
+LABELS_SIGNATURE = "serve_labels"  # multi-class exports only
 
 
 # ---------------------------------------------------------------- graph pieces
 
 
 def resize_probabilities(probabilities: tf.Tensor, height, width, resize="stretch") -> tf.Tensor:
-    """Brings probabilities `[..., s, s, 1]` back to their photo's `[..., height, width, 1]`.
+    """Brings probabilities `[..., s, s, C]` back to their photo's `[..., height, width, C]`.
 
     Bilinear; with `resize="pad"` (`decode.RESIZE_MODES`) the square is resized
-    to the photo's long side and the padding cut off.
+    to the photo's long side and the padding cut off. Each output pixel is a
+    weighted mean of input pixels, so a multi-class model's probabilities still
+    sum to 1.
     """
     if resize != "pad":
         return tf.image.resize(probabilities, tf.stack([height, width]), antialias=True)
@@ -61,20 +83,68 @@ def resize_probabilities(probabilities: tf.Tensor, height, width, resize="stretc
 
 
 def model_probabilities(model: tf.keras.Model, images: tf.Tensor) -> tf.Tensor:
-    """uint8 images `[b, s, s, 3]` at the model's size -> float32 probabilities `[b, s, s, 1]`."""
+    """uint8 images `[b, s, s, 3]` at the model's size -> float32 probabilities `[b, s, s, C]`."""
     inputs = tf.cast(images, tf.float32) / 255.0
     # A mixed-precision model computes in float16; clients get float32.
     return tf.cast(model(inputs, training=False), tf.float32)
 
 
-def make_signatures(
-    model: tf.keras.Model, threshold: float = DEFAULT_THRESHOLD, resize: str = "stretch"
-) -> dict:
-    """The `serving_default` and `serve_images` functions of an export (module docstring)."""
-    size_px = model.input_shape[1]
+def labels_of(probabilities: tf.Tensor) -> tf.Tensor:
+    """uint8 labels `[..., 1]`: the most probable class of probabilities `[..., K]`.
 
-    def with_mask(outputs):
-        return {**outputs, "mask": tf.cast(outputs["probabilities"] > threshold, tf.uint8)}
+    uint8 as the label-index PNGs are: 1 byte a pixel to clients, up to 256 classes.
+    """
+    return tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8)[..., None]
+
+
+def decision_name(task: classes.Task) -> str:
+    """The output that says what each pixel is: `mask` (binary) or `labels` (K classes)."""
+    return "mask" if task.is_binary else "labels"
+
+
+def signature_names(task: classes.Task) -> list[str]:
+    """The signatures of an export of `task`'s model; a binary one keeps the original two."""
+    names = [DEFAULT_SIGNATURE, IMAGES_SIGNATURE]
+    return names if task.is_binary else [*names, LABELS_SIGNATURE]
+
+
+def _check_channels(model: tf.keras.Model, task: classes.Task) -> None:
+    """A model with other channels than `task` would serve masks or labels of nonsense."""
+    channels = model.output_shape[-1]
+    if channels != task.num_channels:
+        raise ValueError(
+            f"the model outputs {channels} channel(s) but the task has {task.num_classes} "
+            f"class(es) ({task.num_channels} channel(s)); pass the model's own task"
+        )
+
+
+def make_signatures(
+    model: tf.keras.Model,
+    threshold: float = DEFAULT_THRESHOLD,
+    resize: str = "stretch",
+    task: classes.Task = classes.BINARY,
+) -> dict:
+    """The signature functions of an export, by name (module docstring).
+
+    Args:
+        model: float images `[b, s, s, 3]` in 0..1 -> probabilities `[b, s, s, C]`.
+        threshold: binary only: the probability above which `mask` is 1.
+        resize: how the model was trained to see a photo (`data.resize`).
+        task: the model's classes; binary by default.
+
+    Raises:
+        ValueError: the model's output channels are not the task's.
+    """
+    _check_channels(model, task)
+    size_px = model.input_shape[1]
+    channels = task.num_channels
+    decision = decision_name(task)
+
+    def decide(probabilities):
+        # At the photo's size: what a client would compute from the probabilities.
+        if task.is_binary:
+            return tf.cast(probabilities > threshold, tf.uint8)
+        return labels_of(probabilities)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serve_images(images):
@@ -82,10 +152,9 @@ def make_signatures(
         square = decode.to_model_square(images, size_px, resize)
         probabilities = model_probabilities(model, square)
         restored = resize_probabilities(probabilities, shape[1], shape[2], resize)
-        return with_mask({"probabilities": restored})
+        return {"probabilities": restored, decision: decide(restored)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-    def serve_encoded(image_bytes):
+    def encoded_outputs(image_bytes, with_probabilities=True):
         def decode_one(data):
             # Upright (EXIF orientation); a large JPEG decoded reduced, as in training.
             image = decode.decode_image_for_model(data, size_px)
@@ -108,19 +177,76 @@ def make_signatures(
         def restore(args):
             one, size = args
             one = resize_probabilities(one, size[0], size[1], resize)
-            return tf.pad(one, [[0, max_size[0] - size[0]], [0, max_size[1] - size[1]], [0, 0]])
+            padding = [[0, max_size[0] - size[0]], [0, max_size[1] - size[1]], [0, 0]]
+            # Decided before padding: the padding is 0 whatever the argmax of zeros is.
+            decided = tf.pad(decide(one), padding)
+            return (tf.pad(one, padding), decided) if with_probabilities else decided
 
+        decided_spec = tf.TensorSpec([None, None, 1], tf.uint8)
+        probabilities_spec = tf.TensorSpec([None, None, channels], tf.float32)
         restored = tf.map_fn(
             restore,
             (probabilities, sizes),
-            fn_output_signature=tf.TensorSpec([None, None, 1], tf.float32),
+            fn_output_signature=(
+                (probabilities_spec, decided_spec) if with_probabilities else decided_spec
+            ),
         )
-        return with_mask({"probabilities": restored, "height": sizes[:, 0], "width": sizes[:, 1]})
+        outputs = {"height": sizes[:, 0], "width": sizes[:, 1]}
+        if not with_probabilities:
+            return {decision: restored, **outputs}
+        return {"probabilities": restored[0], decision: restored[1], **outputs}
 
-    return {DEFAULT_SIGNATURE: serve_encoded, IMAGES_SIGNATURE: serve_images}
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve_encoded(image_bytes):
+        return encoded_outputs(image_bytes)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve_labels(image_bytes):
+        # No probabilities to resize, pad and send: the labels are 1 byte a pixel.
+        return encoded_outputs(image_bytes, with_probabilities=False)
+
+    functions = {DEFAULT_SIGNATURE: serve_encoded, IMAGES_SIGNATURE: serve_images}
+    if not task.is_binary:
+        functions[LABELS_SIGNATURE] = serve_labels
+    return {name: functions[name] for name in signature_names(task)}
 
 
 # ---------------------------------------------------------------- export
+
+
+def task_metadata(task: classes.Task) -> dict:
+    """The classes as an export's metadata records them (`task_of` reads them back)."""
+    return {
+        "num_classes": task.num_classes,
+        "class_names": list(task.names),
+        "ignore_label": task.ignore_label,
+    }
+
+
+def task_of(metadata: dict) -> classes.Task:
+    """The `classes.Task` of an export's metadata; binary for exports that predate classes."""
+    num_classes = int(metadata.get("num_classes", 1))
+    names = tuple(metadata.get("class_names", ())) or classes.BINARY.names
+    if num_classes == 1:
+        return classes.Task(names=names[:1])
+    return classes.Task(
+        num_classes=num_classes, names=names, ignore_label=metadata.get("ignore_label")
+    )
+
+
+def export_metadata(
+    model: tf.keras.Model, *, threshold: float, resize: str, task: classes.Task
+) -> dict:
+    """What `assets.extra/trainer.json` records; a multi-class export has no threshold."""
+    metadata = {
+        "image_size": int(model.input_shape[1]),
+        "resize": resize,
+        "signatures": signature_names(task),
+        **task_metadata(task),
+    }
+    if task.is_binary:
+        metadata["threshold"] = float(threshold)
+    return metadata
 
 
 def export_saved_model(
@@ -129,6 +255,7 @@ def export_saved_model(
     *,
     threshold: float = DEFAULT_THRESHOLD,
     resize: str = "stretch",
+    task: classes.Task = classes.BINARY,
 ) -> str:
     """Writes `model` as a SavedModel at `directory`, replacing what was there.
 
@@ -138,15 +265,18 @@ def export_saved_model(
     Args:
         model: a network from float images `[b, s, s, 3]` in 0..1 to probabilities.
         directory: the export folder (any `tf.io.gfile` path).
-        threshold: the probability above which a pixel is foreground, in the
-            `mask` outputs and the metadata predict reads.
+        threshold: binary only: the probability above which a pixel is
+            foreground, in the `mask` outputs and the metadata predict reads.
+            A multi-class export ignores it (the argmax decides).
         resize: how the model was trained to see a photo (`data.resize`).
+        task: the model's classes (the run's `classes.task(config)`); binary by default.
 
     Returns:
         `directory`.
 
     Raises:
         UserError: the disk is full or the folder cannot be written.
+        ValueError: the model's output channels are not the task's.
     """
     directory = directory.rstrip("/")
     temporary = workdir_lib.temporary_path(directory)
@@ -156,14 +286,9 @@ def export_saved_model(
         needed_bytes=lambda: workdir_lib.variables_bytes(model.weights),
     ):
         try:
-            signatures = make_signatures(model, threshold, resize)
+            signatures = make_signatures(model, threshold, resize, task)
             tf.saved_model.save(model, temporary, signatures=signatures)
-            metadata = {
-                "image_size": int(model.input_shape[1]),
-                "threshold": float(threshold),
-                "resize": resize,
-                "signatures": [DEFAULT_SIGNATURE, IMAGES_SIGNATURE],
-            }
+            metadata = export_metadata(model, threshold=threshold, resize=resize, task=task)
             workdir_lib.write_json(os.path.join(temporary, METADATA_FILE), metadata)
             _replace_directory(temporary, directory)
         finally:

@@ -20,6 +20,7 @@ import time
 from trainer import best as best_lib
 from trainer import (
     checkpoint,
+    classes,
     cli,
     config_check,
     distribute,
@@ -155,8 +156,13 @@ def train_and_evaluate(
     distribute.describe(strategy)
 
     # --- Data -------------------------------------------------------------------
+    task = classes.task(config)
     train_rows, valid_rows = manifest.read_manifests(
-        data_root, fallback_dir=workdir, valid_fraction=config.data.valid_fraction
+        data_root,
+        fallback_dir=workdir,
+        valid_fraction=config.data.valid_fraction,
+        num_classes=task.num_classes,
+        ignore_label=config.data.ignore_label,
     )
     on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
     plan = run_plan(config, len(train_rows), strategy.num_replicas_in_sync, on_tpu=on_tpu)
@@ -174,6 +180,7 @@ def train_and_evaluate(
                 num_parallel_calls=num_parallel_calls,
                 shard=shard,
                 resize=config.data.resize,
+                num_classes=task.num_classes,
             )
             for rows in (train_rows, valid_rows)
         )
@@ -220,11 +227,17 @@ def train_and_evaluate(
             training=True,
             seed=config.train.seed,
             skip_examples=start_step * examples_per_pipeline,
+            num_classes=task.num_classes,
         )
 
     def valid_input(input_context):
         return pipeline.make_dataset(
-            valid_rows, config.data, input_context, training=False, with_weights=True
+            valid_rows,
+            config.data,
+            input_context,
+            training=False,
+            with_weights=True,
+            num_classes=task.num_classes,
         )
 
     train_iterator = iter(strategy.distribute_datasets_from_function(train_input))
@@ -242,14 +255,18 @@ def train_and_evaluate(
     samples = None
     if config.log.num_samples > 0:
         samples = pictures.take_samples(
-            valid_rows, config.data.image_size, config.log.num_samples, config.data.resize
+            valid_rows,
+            config.data.image_size,
+            config.log.num_samples,
+            config.data.resize,
+            task.num_classes,
         )
     total_steps = plan["total_steps"]
     bar = progress.Progress(start_step, total_steps)
     stop = preemption.StopRequest().install()
     try:
         writer.drop_after(start_step)
-        window = progress.TrainWindow()
+        window = progress.TrainWindow(task)
         divergence = progress.DivergenceGuard(config.train.max_bad_steps)
         any_worker = distribute.make_any_worker_fn(strategy)
         while int(trainee.step.numpy()) < total_steps and not any_worker(stop.requested):
@@ -269,10 +286,10 @@ def train_and_evaluate(
                 summary = dict(window.summary(), learning_rate=learning_rate)
                 writer.write(current, "train", summary)
                 bar.log_train(current, summary)
-                window = progress.TrainWindow()
+                window = progress.TrainWindow(task)
             if is_due(current, plan["eval_every"], total_steps):
-                results = loop.evaluate(trainee.eval_fn, valid_dataset)
-                _record_evaluation(save_dir, trainee.model, state, writer, current, results)
+                results = loop.evaluate(trainee.eval_fn, valid_dataset, task)
+                _record_evaluation(save_dir, trainee.model, state, writer, current, results, task)
                 if samples is not None:
                     pictures.write_samples(
                         trainee.model,
@@ -281,6 +298,7 @@ def train_and_evaluate(
                         workdir=save_dir,
                         summary_writer=writer.summary_writer,
                         wandb_run=wandb_run,
+                        task=task,
                     )
                 bar.note(
                     f"step {current}/{total_steps}: valid loss {results['loss']:.4f} "
@@ -304,7 +322,9 @@ def train_and_evaluate(
             print(message, flush=True)
             return results
         results.update(
-            _finish(save_dir, trainee.model, is_chief=is_chief, resize=config.data.resize)
+            _finish(
+                save_dir, trainee.model, is_chief=is_chief, resize=config.data.resize, task=task
+            )
         )
         return results
     finally:
@@ -319,19 +339,22 @@ def train_and_evaluate(
             shutil.rmtree(save_dir, ignore_errors=True)
 
 
-def _record_evaluation(save_dir, model, state, writer, step, results):
+def _record_evaluation(save_dir, model, state, writer, step, results, task):
     values = {k: results[k] for k in ("loss", "iou", "fscore", "num_examples")}
+    values.update(task.per_class_record(results))
     writer.write(step, "valid", values)
     if results["iou"] > float(state.best_iou.numpy()):
         state.best_iou.assign(results["iou"])
         best_lib.save_best_weights(save_dir, model, step=step, results=values)
 
 
-def _finish(save_dir: str, model: tf.keras.Model, *, is_chief: bool, resize: str) -> dict:
+def _finish(
+    save_dir: str, model: tf.keras.Model, *, is_chief: bool, resize: str, task: classes.Task
+) -> dict:
     """Exports the best weights as a SavedModel and, on the chief, plots the curves."""
     record = best_lib.load_best_weights(save_dir, model)
     export_dir = serving.export_saved_model(
-        model, os.path.join(save_dir, workdir_lib.EXPORT_DIR), resize=resize
+        model, os.path.join(save_dir, workdir_lib.EXPORT_DIR), resize=resize, task=task
     )
     if not is_chief:
         return {"best": record, "export_dir": None}

@@ -38,7 +38,7 @@ from absl import logging
 
 MODES = ("none", "disk")
 # Bump when the decode/resize code changes what a cached pair holds.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 _SUFFIX = ".pair"
 _LOG_EVERY_S = 15.0
 # The column `ensure_cached` adds to a manifest: each row's cache file.
@@ -84,6 +84,7 @@ def ensure_cached(
     num_parallel_calls: int,
     shard: tuple[int, int] = (0, 1),
     resize: str = "stretch",
+    num_classes: int = 1,
 ) -> pd.DataFrame:
     """Caches the pairs of this input pipeline's shard not cached yet.
 
@@ -98,6 +99,7 @@ def ensure_cached(
         num_parallel_calls: pairs decoded at once.
         shard: `(shard_index, num_shards)`: the input pipeline this host runs.
         resize: the config's `data.resize` (`decode.RESIZE_MODES`).
+        num_classes: `model.num_classes`: binary masks (1) or label indices, cached apart.
 
     Returns:
         A copy of `frame` with a column `COLUMN`: the cache file of each row of
@@ -115,7 +117,9 @@ def ensure_cached(
     )
     images = frame["images"].astype(str).to_numpy()[rows].tolist()
     masks = frame["masks"].astype(str).to_numpy()[rows].tolist()
-    names = _names(images, masks, f"{size_px}|{resize}")
+    # Binary entries keep the key they had before label masks existed.
+    labels = "" if num_classes == 1 else f"|labels{num_classes}"
+    names = _names(images, masks, f"{size_px}|{resize}{labels}")
     paths = [os.path.join(size_folder, name) for name in names]
     try:
         tf.io.gfile.makedirs(size_folder)
@@ -123,7 +127,9 @@ def ensure_cached(
         missing = [index for index, name in enumerate(names) if name not in present]
         failed = []
         if missing:
-            failed = _build(images, masks, paths, missing, size_px, resize, num_parallel_calls)
+            failed = _build(
+                images, masks, paths, missing, size_px, (resize, num_classes), num_parallel_calls
+            )
         else:
             logging.info("Data cache: all %d pairs at %d px are in %s", len(names), size_px, folder)
     except (tf.errors.OpError, OSError) as error:
@@ -140,7 +146,7 @@ def ensure_cached(
     return frame.assign(**{COLUMN: cached})
 
 
-def _build(images, masks, paths, missing, size_px, resize, num_parallel_calls) -> list[int]:
+def _build(images, masks, paths, missing, size_px, how, num_parallel_calls) -> list[int]:
     """Decodes and writes the `missing` pairs; returns those that could not be decoded."""
     workdir.check_free_space(
         os.path.dirname(paths[0]),
@@ -162,7 +168,7 @@ def _build(images, masks, paths, missing, size_px, resize, num_parallel_calls) -
         [masks[index] for index in missing],
         [paths[index] for index in missing],
         size_px,
-        resize,
+        how,
         num_parallel_calls,
     )
     logging.info(
@@ -219,11 +225,14 @@ def _stamp(path: str) -> str:
     return f"{stat.length}:{stat.mtime_nsec}"
 
 
-def _write_missing(images, masks, paths, size_px, resize, num_parallel_calls) -> set[int]:
-    """Decodes pairs in parallel and writes each; returns the indices written."""
+def _write_missing(images, masks, paths, size_px, how, num_parallel_calls) -> set[int]:
+    """Decodes pairs in parallel and writes each; returns the indices written.
+
+    `how` is `(resize, num_classes)`, as `decode.load_pair` takes them.
+    """
     dataset = tf.data.Dataset.from_tensor_slices((images, masks, tf.range(len(paths))))
     dataset = dataset.map(
-        lambda image, mask, index: (*decode.load_pair(image, mask, size_px, resize), index),
+        lambda image, mask, index: (*decode.load_pair(image, mask, size_px, *how), index),
         num_parallel_calls=num_parallel_calls,
         deterministic=False,
     )

@@ -11,7 +11,11 @@ phone JPEGs often store their pixels sideways, and masks are drawn on the
 upright photo.
 """
 
+import io
+
+import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 BINARY_THRESHOLD = 127  # masks saved as 0/255 images; JPEG noise lands on either side.
 # How a photo becomes the model's square (`data.resize`): "stretch" resizes it to
@@ -216,32 +220,60 @@ def decode_image(path: tf.Tensor) -> tf.Tensor:
     return decode_image_bytes(tf.io.read_file(path))
 
 
+def _is_palette_png(encoded: tf.Tensor) -> tf.Tensor:
+    """A bool scalar: a PNG whose IHDR colour type is 3 (indexed colours)."""
+    # 8-byte signature, chunk length and type (8), width and height (8), bit depth (1).
+    is_png = tf.equal(tf.strings.substr(encoded, 0, 8), b"\x89PNG\r\n\x1a\n")
+    return is_png & tf.equal(tf.strings.substr(encoded, 25, 1), b"\x03")
+
+
+def _palette_indices(encoded: np.ndarray) -> np.ndarray:
+    """The indices of a palette PNG, uint8 `[height, width, 1]` (PIL reads mode P as indices)."""
+    with Image.open(io.BytesIO(np.asarray(encoded).item())) as image:
+        return np.asarray(image, dtype=np.uint8)[..., None]
+
+
 def decode_mask_values(path: tf.Tensor) -> tf.Tensor:
     """Reads a mask file as uint8 `[height, width, 1]`, values as stored (not binarised).
 
     Decoded with its own channels, then made one: RGB(A) to luminance, gray +
     alpha to gray (CMYK JPEGs decode to RGB). Asking the decoder for one
-    channel directly fails for BMP, WebP and CMYK JPEG files. A JPEG mask is
-    turned upright by its EXIF orientation, as photos are.
+    channel directly fails for BMP, WebP and CMYK JPEG files. A palette PNG
+    (PASCAL VOC, labeling tools' colour masks) gives its indices: TensorFlow's
+    PNG decoder expands the palette to colours, so PIL reads those files. A
+    JPEG mask is turned upright by its EXIF orientation, as photos are.
     """
     encoded = tf.io.read_file(path)
-    raw = tf.io.decode_image(encoded, channels=0, expand_animations=False)
-    one_channel = tf.cond(
-        tf.shape(raw)[-1] >= 3,
-        lambda: tf.image.rgb_to_grayscale(raw[..., :3]),
-        lambda: raw[..., :1],
+
+    def indices():
+        values = tf.numpy_function(_palette_indices, [encoded], tf.uint8, stateful=False)
+        return tf.ensure_shape(values, [None, None, 1])
+
+    def one_channel():
+        raw = tf.io.decode_image(encoded, channels=0, expand_animations=False)
+        return tf.cond(
+            tf.shape(raw)[-1] >= 3,
+            lambda: tf.image.rgb_to_grayscale(raw[..., :3]),
+            lambda: raw[..., :1],
+        )
+
+    values = tf.ensure_shape(
+        tf.cond(_is_palette_png(encoded), indices, one_channel), [None, None, 1]
     )
-    one_channel = tf.ensure_shape(one_channel, [None, None, 1])
-    return apply_orientation(one_channel, exif_orientation(encoded))
+    return apply_orientation(values, exif_orientation(encoded))
 
 
-def decode_mask(path: tf.Tensor) -> tf.Tensor:
-    """Reads a mask file as uint8 `[height, width, 1]` in {0, 1}.
+def decode_mask(path: tf.Tensor, num_classes: int = 1) -> tf.Tensor:
+    """Reads a mask file as uint8 `[height, width, 1]`.
 
-    0/255 masks (and 3-channel or JPEG ones) are binarised at 127; label-index
-    masks whose values are only 0 and 1 are kept as they are.
+    Binary (`num_classes` 1): values in {0, 1}. 0/255 masks (and 3-channel or
+    JPEG ones) are binarised at 127; label-index masks whose values are only 0
+    and 1 are kept as they are. Multi-class: the label indices as stored
+    (0..K-1, and the ignore label), never binarised.
     """
     mask = decode_mask_values(path)
+    if num_classes > 1:
+        return mask
     is_label_index = tf.reduce_max(mask) <= 1
     return tf.where(is_label_index, mask, tf.cast(mask > BINARY_THRESHOLD, tf.uint8))
 
@@ -264,29 +296,43 @@ def resize_image(image: tf.Tensor, size_px: int) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
-def resize_mask(mask: tf.Tensor, size_px: int) -> tf.Tensor:
-    """Resizes a {0, 1} mask `[h, w, 1]` to `[size_px, size_px, 1]` (bilinear, re-binarised)."""
+def resize_mask(mask: tf.Tensor, size_px: int, num_classes: int = 1) -> tf.Tensor:
+    """Resizes a mask `[h, w, 1]` to uint8 `[size_px, size_px, 1]`.
+
+    Binary: bilinear, re-binarised at 0.5 (smooth edges). Label indices:
+    nearest neighbour, so that no pixel gets a label between two others.
+    """
+    if num_classes > 1:
+        return tf.image.resize(mask, [size_px, size_px], method="nearest")
     mask = tf.image.resize(tf.cast(mask, tf.float32), [size_px, size_px])
     return tf.cast(mask >= 0.5, tf.uint8)
 
 
-def load_pair(image_path: tf.Tensor, mask_path: tf.Tensor, size_px: int, resize: str = "stretch"):
+def load_pair(
+    image_path: tf.Tensor,
+    mask_path: tf.Tensor,
+    size_px: int,
+    resize: str = "stretch",
+    num_classes: int = 1,
+):
     """Decodes an image and its mask and resizes both, as training and evaluation see them.
 
     Args:
         image_path, mask_path: the pair's files.
         size_px: the model's input side.
         resize: "stretch" or "pad" (`RESIZE_MODES`); padding is background in the mask.
+        num_classes: the model's classes: 1 reads a binary mask, more read label indices.
 
     Returns:
-        uint8 image `[size_px, size_px, 3]`, uint8 mask `[size_px, size_px, 1]` in {0, 1}.
+        uint8 image `[size_px, size_px, 3]`, uint8 mask `[size_px, size_px, 1]`: in
+        {0, 1} when binary, label indices otherwise.
     """
-    mask = decode_mask(mask_path)
+    mask = decode_mask(mask_path, num_classes)
     if resize == "pad":
         mask = pad_to_square(mask)
-    return load_image(image_path, size_px, resize), resize_mask(mask, size_px)
+    return load_image(image_path, size_px, resize), resize_mask(mask, size_px, num_classes)
 
 
 def to_model_inputs(image: tf.Tensor, mask: tf.Tensor):
-    """uint8 image and mask -> float32 image in 0..1 and float32 mask in {0, 1}."""
+    """uint8 image and mask -> float32 image in 0..1 and float32 mask (same values)."""
     return tf.cast(image, tf.float32) / 255.0, tf.cast(mask, tf.float32)

@@ -8,10 +8,14 @@ data root is read-only they go to `FALLBACK/csv_file/`. The data root and the
 fallback may be TensorFlow filesystem URLs (`gs://...`): see `layout`.
 
 Preparing the manifests also decodes every pair with the trainer's decoders
-(`trainer.data.check`): pairs the trainer cannot read are left out, and every
-problem found goes to `csv_file/problems.csv` (path, severity, message).
+(`trainer.data.check`), for the model's classes: pairs the trainer cannot use
+are left out, and every problem found goes to `csv_file/problems.csv` (path,
+severity, message). When that leaves a split empty, the error names the most
+common problem, so that a data set of label-index masks checked as binary ones
+says to set num_classes rather than only that nothing is left.
 """
 
+import collections
 import concurrent.futures
 import csv
 import dataclasses
@@ -153,6 +157,8 @@ def prepare(
     seed: int = 0,
     fallback_dir=None,
     log_problems: bool = False,
+    num_classes: int = 1,
+    ignore_label: int = 255,
 ) -> PrepareResult:
     """Scans `data_root`, checks every pair, splits the usable ones and writes the manifests.
 
@@ -166,6 +172,10 @@ def prepare(
         fallback_dir: where `csv_file/` goes when `data_root` cannot be written
             (a read-only mount); usually the work directory.
         log_problems: log every problem, one line each, before anything can fail.
+        num_classes: the model's classes (`model.num_classes`): 1 checks binary
+            masks, 2 or more label-index masks (see `check.check_pairs`).
+        ignore_label: the mask value no loss counts (`data.ignore_label`);
+            multi-class only.
 
     Returns:
         The splits (absolute paths), the folder written, the problems and how
@@ -177,7 +187,9 @@ def prepare(
     """
     root = layout.absolute(data_root)
     found = layout.scan(root)
-    pairs, problems, num_skipped = check.drop_unusable(found.pairs, found.problems)
+    pairs, problems, num_skipped = check.drop_unusable(
+        found.pairs, found.problems, num_classes=num_classes, ignore_label=ignore_label
+    )
     if log_problems:
         check.log_problems(problems)
     train, valid = split_train_valid(pairs, valid_fraction=valid_fraction, seed=seed)
@@ -189,14 +201,29 @@ def prepare(
             raise UserError(
                 f"the {split} split of {root} is empty: {len(pairs)} usable pair(s) "
                 f"found, {num_skipped} pair(s) or file(s) skipped (the list is in "
-                f"{problems_csv}); add image/mask pairs (a group needs 2 pairs to give one "
-                "to valid)"
+                f"{problems_csv}){_most_common_error(problems)}; add image/mask pairs (a "
+                "group needs 2 pairs to give one to valid)"
             )
     write_manifests(train, valid, csv_dir, data_root=root)
     columns = list(layout.COLUMNS)
     return PrepareResult(
         train[columns], valid[columns], csv_dir, problems, num_skipped, problems_csv
     )
+
+
+def _most_common_error(problems: list[Problem]) -> str:
+    """'; the most common error (N file(s), e.g. PATH): MESSAGE', or '' without errors.
+
+    The reason most pairs were left out, which the count alone hides: a wrong
+    `num_classes` gives every mask the same message.
+    """
+    errors = [problem for problem in problems if problem.severity == "error"]
+    if not errors:
+        return ""
+    # Ties go to the first message in path order: problems are sorted by path.
+    ((message, count),) = collections.Counter(p.message for p in errors).most_common(1)
+    example = next(problem.path for problem in errors if problem.message == message)
+    return f"; the most common error ({count} file(s), e.g. {example}): {message}"
 
 
 def _writable_csv_dir(root, fallback_dir) -> Path | str:
@@ -241,7 +268,13 @@ def _is_writable_url(folder: str) -> bool:
 
 
 def read_manifests(
-    data_root, *, fallback_dir=None, valid_fraction: float = 0.2, seed: int = 0
+    data_root,
+    *,
+    fallback_dir=None,
+    valid_fraction: float = 0.2,
+    seed: int = 0,
+    num_classes: int = 1,
+    ignore_label: int = 255,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Reads the manifests of `data_root`, preparing them when there are none.
 
@@ -257,6 +290,10 @@ def read_manifests(
             `data_root` is read-only.
         valid_fraction: used only when the manifests have to be prepared.
         seed: used only when the manifests have to be prepared.
+        num_classes: used only when the manifests have to be prepared: the
+            classes the masks are checked for (see `prepare`). Manifests that
+            exist are not checked again for them; delete `csv_file/` for that.
+        ignore_label: used only when the manifests have to be prepared.
 
     Returns:
         `(train, valid)` with columns images, masks (absolute paths) and group.
@@ -278,7 +315,12 @@ def read_manifests(
     else:
         logging.info("no manifests for %s yet; scanning and checking it", root)
         prepared = prepare(
-            root, valid_fraction=valid_fraction, seed=seed, fallback_dir=fallback_dir
+            root,
+            valid_fraction=valid_fraction,
+            seed=seed,
+            fallback_dir=fallback_dir,
+            num_classes=num_classes,
+            ignore_label=ignore_label,
         )
         if prepared.num_skipped:
             logging.warning(SKIPPED_MESSAGE, prepared.num_skipped, prepared.problems_csv)

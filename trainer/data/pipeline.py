@@ -74,6 +74,7 @@ def make_dataset(
     seed: int = 0,
     skip_examples: int = 0,
     with_weights: bool = False,
+    num_classes: int = 1,
 ) -> tf.data.Dataset:
     """Builds the input pipeline for one input pipeline (worker) of a strategy.
 
@@ -95,11 +96,13 @@ def make_dataset(
             full batches and add a float32 weight `[b]` per example, 0 for padding.
             Replicas and workers then run equal steps on static shapes (TPU,
             multi-worker), and weighted sums stay exact.
+        num_classes: `model.num_classes`: 1 reads binary masks, more read label
+            indices (resized nearest-neighbour); a cache must be built for the same.
 
     Returns:
         Batches of `(image, mask)`: image float32 `[b, s, s, 3]` in 0..1, mask
-        float32 `[b, s, s, 1]` in {0, 1}, b the per-replica batch size; with
-        `with_weights`, batches of `(image, mask, weight)`.
+        float32 `[b, s, s, 1]` in {0, 1} (binary) or holding label indices, b the
+        per-replica batch size; with `with_weights`, batches of `(image, mask, weight)`.
     """
     input_context = input_context or tf.distribute.InputContext()
     per_replica_batch_size = input_context.get_per_replica_batch_size(data_config.batch_size)
@@ -123,7 +126,9 @@ def make_dataset(
 
         def load(index, example_seed):
             return (
-                *decode.load_pair(images[index], masks[index], size_px, data_config.resize),
+                *decode.load_pair(
+                    images[index], masks[index], size_px, data_config.resize, num_classes
+                ),
                 example_seed,
             )
 

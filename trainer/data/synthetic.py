@@ -11,6 +11,19 @@ solves the task. The four groups differ in distribution, as the seed's do:
   3: dark, low-contrast light and darker skin (20 %)
   4: mostly painted nails, heavy clutter, blur and sensor noise (15 %)
 
+With `num_classes=3` every nail also gets a tip band at its far (free) end,
+drawn in its own colour, and the masks hold label indices instead of 0/255:
+
+  0: background (skin, fingers without a nail, clutter)
+  1: the nail plate
+  2: the tip band, a "French tip" over the far 25-35 % of the nail, its inner
+     edge a slight smile: whitish on natural nails, on painted ones the colour
+     of `_TIP_COLOURS` farthest from the paint (white, near black or gold)
+
+Labels 1 and 2 together cover exactly the pixels of the binary mask of the same
+seed; the tip colours come from a generator spawned from the image's, so the
+geometry, the clutter and the camera match the binary set's.
+
 Everything is drawn with vectorised numpy and cv2. Every image gets its own
 random generator from `(seed, index)`, so the same flags write the same bytes.
 """
@@ -27,6 +40,9 @@ import numpy as np
 GROUPS = (1, 2, 3, 4)
 # Unequal on purpose: balanced sampling across groups has to matter.
 GROUP_FRACTIONS = (0.40, 0.25, 0.20, 0.15)
+# The mask variants: 1 writes 0/255 nail masks, 3 label indices (see the docstring).
+NUM_CLASSES = (1, 3)
+BACKGROUND, NAIL, TIP = 0, 1, 2
 # The share of the image that the nails cover, as a fraction of its pixels.
 MIN_COVERAGE = 0.05
 MAX_COVERAGE = 0.30
@@ -45,6 +61,14 @@ _PAINTED_NAILS = np.array(
         [186.0, 224.0, 204.0],  # mint
         [196.0, 206.0, 244.0],  # baby blue
         [226.0, 206.0, 240.0],  # lilac
+    ]
+)
+# Tip bands of painted nails take the one farthest from the paint, so they stand out.
+_TIP_COLOURS = np.array(
+    [
+        [246.0, 242.0, 234.0],  # white, also every natural nail's tip
+        [26.0, 22.0, 28.0],  # near black
+        [214.0, 176.0, 64.0],  # gold
     ]
 )
 _CLUTTER_COLOURS = np.array(
@@ -107,7 +131,9 @@ def group_counts(num_images: int) -> dict[int, int]:
     return dict(zip(GROUPS, counts.tolist(), strict=True))
 
 
-def write_dataset(output_dir, *, num_images: int, image_size: int, seed: int) -> int:
+def write_dataset(
+    output_dir, *, num_images: int, image_size: int, seed: int, num_classes: int = 1
+) -> int:
     """Writes `Images/<group>/<name>.png` and `Masks/<group>/<name>.png` under `output_dir`.
 
     Args:
@@ -115,6 +141,8 @@ def write_dataset(output_dir, *, num_images: int, image_size: int, seed: int) ->
         num_images: number of image/mask pairs, spread over the groups unequally.
         image_size: side of the square images in pixels.
         seed: the same seed writes the same bytes.
+        num_classes: 1 writes 0/255 nail masks; 3 label-index masks with a tip
+            class (see the module docstring).
 
     Returns:
         The number of pairs written.
@@ -128,18 +156,27 @@ def write_dataset(output_dir, *, num_images: int, image_size: int, seed: int) ->
         raise UserError(f"seed must be 0 or more, got {seed}")
     if image_size < 32:
         raise UserError(f"image_size must be at least 32 pixels, got {image_size}")
+    check_num_classes(num_classes)
     root = Path(output_dir)
     index = 0
     for group, count in group_counts(num_images).items():
         image_dir, mask_dir = _make_group_dirs(root, group)
         for _ in range(count):
             rng = np.random.default_rng([seed, index])
-            image, mask = render_example(rng, group, image_size)
+            image, mask = render_example(rng, group, image_size, num_classes=num_classes)
             name = f"nail_{index:05d}.png"
             _write_png(image_dir / name, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
             _write_png(mask_dir / name, mask)
             index += 1
     return index
+
+
+def check_num_classes(num_classes: int) -> None:
+    """Raises UserError unless `num_classes` is one of `NUM_CLASSES`."""
+    if num_classes not in NUM_CLASSES:
+        raise UserError(
+            f"--num_classes must be 1 (nail masks) or 3 (background, nail, tip), got {num_classes}"
+        )
 
 
 def _make_group_dirs(root: Path, group: int) -> tuple[Path, Path]:
@@ -165,7 +202,7 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
 
 
 def render_example(
-    rng: np.random.Generator, group: int, image_size: int
+    rng: np.random.Generator, group: int, image_size: int, *, num_classes: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draws one image and its mask.
 
@@ -173,10 +210,15 @@ def render_example(
         rng: the random generator; the same state gives the same example.
         group: 1..4, the distribution to draw from (see the module docstring).
         image_size: side of the square image in pixels.
+        num_classes: 1 for a nail mask, 3 for label indices with a tip band.
 
     Returns:
-        `(image, mask)`: uint8 RGB `[size, size, 3]` and uint8 `[size, size]` in {0, 255}.
+        `(image, mask)`: uint8 RGB `[size, size, 3]` and uint8 `[size, size]`, in
+        {0, 255} for 1 class and in {0, 1, 2} (`BACKGROUND`, `NAIL`, `TIP`) for 3.
     """
+    check_num_classes(num_classes)
+    # Spawning leaves `rng`'s stream as it is, so the tips change nothing else.
+    tip_rng = rng.spawn(1)[0] if num_classes == 3 else None
     style = _STYLES[int(group)]
     size = image_size
     tone = rng.uniform(*style.skin_tone)
@@ -193,7 +235,7 @@ def render_example(
     mask = np.zeros((size, size), np.uint8)
     painted = rng.random() < style.painted_probability
     for nail in nails:
-        _draw_nail(rng, image, mask, nail, painted=painted)
+        _draw_nail(rng, image, mask, nail, painted=painted, tip_rng=tip_rng)
     image = _apply_camera(rng, image, style, size)
     return image, mask
 
@@ -354,15 +396,27 @@ def _draw_nail(
     nail: _Nail,
     *,
     painted: bool,
+    tip_rng: np.random.Generator | None = None,
 ) -> None:
-    """Draws a shaded nail: base colour, a darker rim and a lighter band along its axis."""
+    """Draws a shaded nail: base colour, a darker rim and a lighter band along its axis.
+
+    With `tip_rng` the far end becomes a tip band in its own colour, labelled
+    `TIP` and the rest `NAIL`; without, the whole nail is 255 in `mask`.
+    """
     size = image.shape[0]
     region, along, across, radius = _nail_frame(nail, size)
+    inside = radius <= 1.0
     if painted:
         base = _PAINTED_NAILS[rng.integers(len(_PAINTED_NAILS))]
     else:
         base = _NATURAL_NAIL + rng.normal(0, 8, 3)
     base = base.astype(np.float32) * rng.uniform(0.92, 1.06)
+    if tip_rng is None:
+        mask[region][inside] = 255
+    else:
+        tip = _tip_band(tip_rng, nail, along, across, base, painted=painted)
+        base, labels = tip.colour, np.where(tip.inside, TIP, NAIL).astype(np.uint8)
+        mask[region][inside] = labels[inside]
     rim = rng.uniform(0.18, 0.32) * _smoothstep(0.72, 1.0, radius)
     band_centre, band_width = rng.uniform(-0.35, 0.35), rng.uniform(0.15, 0.25)
     band = np.exp(-(((across - band_centre) / band_width) ** 2))
@@ -374,7 +428,37 @@ def _draw_nail(
     edge_px = min(nail.half_length, nail.half_width)
     alpha = np.clip((1.0 - radius) * edge_px + 0.5, 0.0, 1.0)[..., None]
     image[region] = image[region] * (1 - alpha) + colour * alpha
-    mask[region][radius <= 1.0] = 255
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tip:
+    """A nail's tip band: per-pixel base colour `[h, w, 3]` and the band's pixels `[h, w]`."""
+
+    colour: np.ndarray
+    inside: np.ndarray
+
+
+def _tip_band(
+    rng: np.random.Generator,
+    nail: _Nail,
+    along: np.ndarray,
+    across: np.ndarray,
+    base: np.ndarray,
+    *,
+    painted: bool,
+) -> _Tip:
+    """Paints the nail's far end, past a smile-shaped line, over the base colour."""
+    if painted:
+        distances = np.linalg.norm(_TIP_COLOURS - base, axis=1)
+        colour = _TIP_COLOURS[np.argmax(distances)]
+    else:
+        colour = _TIP_COLOURS[0]
+    colour = (colour + rng.normal(0, 6, 3)).astype(np.float32) * rng.uniform(0.94, 1.04)
+    # A French tip's inner edge dips towards the cuticle at the nail's sides.
+    start = rng.uniform(0.3, 0.5) - rng.uniform(0.05, 0.2) * np.minimum(across**2, 1.0)
+    beyond_px = (along - start) * nail.half_length
+    weight = np.clip(beyond_px + 0.5, 0.0, 1.0)[..., None]
+    return _Tip(base * (1 - weight) + colour * weight, beyond_px >= 0)
 
 
 def _smoothstep(low: float, high: float, x: np.ndarray) -> np.ndarray:
