@@ -148,6 +148,7 @@ def test_the_threshold_is_a_number_or_the_evaluations_best(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
+@pytest.mark.slow
 def test_tflite_of_a_multiclass_model_matches_its_probabilities(
     multiclass_workdir, synthetic_images, tmp_path, run_module
 ):

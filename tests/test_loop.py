@@ -42,7 +42,10 @@ def _snapshot(model):
     return [v.numpy().copy() for v in model.variables]
 
 
-@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+# float16 builds a second network (24 s on 2 cores): the slow suite runs it.
+@pytest.mark.parametrize(
+    "precision", ["float32", pytest.param("mixed_float16", marks=pytest.mark.slow)]
+)
 def test_non_finite_step_is_skipped_and_the_model_unchanged(precision):
     model, optimizer, step, train_fn, strategy = _make(precision)
     images = np.random.default_rng(0).random((2, SIZE_PX, SIZE_PX, 3), dtype=np.float32)
@@ -64,6 +67,7 @@ def test_non_finite_step_is_skipped_and_the_model_unchanged(precision):
     assert sum(moved) > len(moved) // 2
 
 
+@pytest.mark.slow  # shares the float16 network of the test above
 def test_float16_skips_lower_the_loss_scale():
     model, optimizer, step, train_fn, strategy = _make("mixed_float16")
     scale = float(optimizer.loss_scale)

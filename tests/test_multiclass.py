@@ -111,6 +111,7 @@ def trained_three_classes(three_class_root, tmp_path_factory):
     return workdir, results
 
 
+@pytest.mark.slow
 def test_metrics_records_name_each_class_and_the_best_is_chosen_by_the_mean(
     trained_three_classes,
 ):
@@ -129,6 +130,7 @@ def test_metrics_records_name_each_class_and_the_best_is_chosen_by_the_mean(
         assert json.load(f)["model"]["num_classes"] == 3
 
 
+@pytest.mark.slow
 def test_evaluate_counts_each_class_at_photo_and_model_size(
     trained_three_classes, three_class_root
 ):

@@ -26,7 +26,7 @@ def _one_step(num_replicas, tmp_path, num_classes):
 
 
 # 3 classes: the categorical loss with ignored pixels and class weights.
-@pytest.mark.parametrize("num_classes", [1, 3])
+@pytest.mark.parametrize("num_classes", [1, pytest.param(3, marks=pytest.mark.slow)])
 def test_one_step_on_two_replicas_equals_one_step_on_one(tmp_path, num_classes):
     loss_1, weights_1, counts_1 = _one_step(1, tmp_path, num_classes)
     loss_2, weights_2, counts_2 = _one_step(2, tmp_path, num_classes)

@@ -113,6 +113,7 @@ def _train(config, workdir, synthetic_root, **kwargs):
     )
 
 
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
     trained_workdir, tiny_config, synthetic_root, tmp_path, caplog
 ):
@@ -159,6 +160,7 @@ def test_overwrite_starts_another_model_afresh(
     assert [r["step"] for r in metrics_records(workdir)] == [2, 2]
 
 
+@pytest.mark.slow
 def test_diverging_float32_run_stops_keeping_the_good_checkpoint(
     tiny_config, synthetic_root, tmp_path
 ):

@@ -76,6 +76,7 @@ def test_exit_status_tells_finished_from_interrupted_and_resumable():
     assert train.exit_status({"stopped_by": "another worker's stop request"}) == 143
 
 
+@pytest.mark.slow
 def test_command_line_trains_on_two_cpu_devices_logs_offline_and_says_where_results_are(
     run_module, tiny_args, synthetic_root, tmp_path
 ):

@@ -110,8 +110,24 @@ def _netrc_has_wandb() -> bool:
     return os.path.exists(path) and "api.wandb.ai" in open(path).read()
 
 
+def _plot_valid_classes(axis, records) -> None:
+    """Dashed valid IoU curves of each class (`iou/NAME` of runs with several classes)."""
+    names = sorted(
+        {key[4:] for r in records if r["split"] == "valid" for key in r if key.startswith("iou/")}
+    )
+    for name in names:
+        points = [
+            (r["step"], r[f"iou/{name}"])
+            for r in records
+            if f"iou/{name}" in r and r["split"] == "valid"
+        ]
+        axis.plot(*zip(*points), "--", label=f"valid {name}", linewidth=1)
+
+
 def plot_curves(workdir: str) -> str | None:
     """Plots train/valid loss and IoU against the step into WORKDIR/curves.png.
+
+    With several classes the IoU panel adds each class's valid IoU, dashed.
 
     Returns:
         The PNG's path, or None when there is no metrics.jsonl to plot.
@@ -137,6 +153,8 @@ def plot_curves(workdir: str) -> str | None:
             ]
             if points:
                 axis.plot(*zip(*points), style, label=split, markersize=3)
+        if metric == "iou":
+            _plot_valid_classes(axis, records)
         axis.set_xlabel("step")
         axis.set_title(metric)
         axis.grid(alpha=0.3)

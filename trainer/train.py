@@ -300,9 +300,14 @@ def train_and_evaluate(
                         wandb_run=wandb_run,
                         task=task,
                     )
+                per_class = "".join(
+                    f", {name} {scores['iou']:.4f}"
+                    for name, scores in results["per_class"].items()
+                    if not task.is_binary
+                )
                 bar.note(
                     f"step {current}/{total_steps}: valid loss {results['loss']:.4f} "
-                    f"IoU {results['iou']:.4f} F1 {results['fscore']:.4f}"
+                    f"IoU {results['iou']:.4f} F1 {results['fscore']:.4f}{per_class}"
                 )
             state.save()
         state.save(force=True)
