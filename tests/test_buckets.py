@@ -10,6 +10,7 @@ import shutil
 import uuid
 
 import trainer  # noqa: F401  (Keras 2 before TensorFlow loads)
+from trainer import workdir as workdir_lib
 from trainer.data import check, layout, manifest
 from trainer.errors import UserError
 
@@ -159,3 +160,47 @@ def test_training_reads_its_data_from_a_bucket(roots, tmp_path, tiny_config):
     assert results["step"] == 2 and results["export_dir"] is not None
     assert tf.io.gfile.exists(f"{ram_root}/csv_file/valid.csv")  # prepared in the bucket
     assert os.listdir(os.path.join(workdir, "cache"))  # decoded from the bucket once
+
+
+@pytest.mark.slow
+def test_a_run_lives_in_a_bucket_from_training_to_predictions(roots, tiny_config):
+    """Data, work directory, cache, evaluation, predictions and exports all on `ram://`."""
+    from trainer import evaluate, export, inference, predict, serving, train
+
+    _, ram_root = roots
+    workdir = f"{ram_root}-runs/tiny"
+    for steps in (2, 4):  # the second call resumes from the bucket's checkpoint
+        results = train.train_and_evaluate(
+            tiny_config(train__steps=steps),
+            workdir=workdir,
+            data_root=ram_root,
+            strategy=one_device(),
+        )
+    assert results["step"] == 4 and results["export_dir"] == f"{workdir}/export"
+    assert {"best", "cache", "checkpoints", "config.json", "export", "metrics.jsonl"} <= set(
+        tf.io.gfile.listdir(workdir)
+    )
+    assert tf.io.gfile.listdir(f"{workdir}/cache/64px")  # the cache is in the bucket too
+    assert tf.io.gfile.exists(f"{workdir}/export/{serving.METADATA_FILE}")
+
+    trained = inference.load_trained_model(workdir)
+    rows = evaluate.select_rows(ram_root, "valid", fallback_dir=workdir)
+    counts = evaluate.count_confusions(trained, rows, one_device(), global_batch_size=4)
+    summary = evaluate.summarize(rows, counts)
+    output = evaluate.default_output_dir(trained)
+    evaluate.write_results(output, summary, evaluate.per_image_table(rows, counts))
+    assert tf.io.gfile.exists(f"{workdir}/eval/summary.json")
+
+    photos = predict.find_inputs(f"{ram_root}/Images/1/*.png")
+    assert photos and all(path.startswith(ram_root) for path in photos)
+    predicted = f"{ram_root}-predicted"
+    from_export = inference.load_trained_model(f"{workdir}/export")
+    assert predict.predict_files(from_export, photos[:2], predicted) == []
+    assert len(tf.io.gfile.listdir(predicted)) == 4  # a mask and an overlay each
+
+    tflite = f"{ram_root}-exports/model.tflite"
+    payload = export.tflite_bytes(trained.keras_model, quantize=None, calibration=None)
+    workdir_lib.write_bytes(tflite, export.with_tflite_metadata(payload, {"image_size": 64}))
+    assert export.read_tflite_metadata(_read(tflite))["image_size"] == 64
+    again = serving.export_saved_model(trained.keras_model, f"{ram_root}-exports/saved")
+    assert inference.load_trained_model(again).image_size == 64

@@ -42,7 +42,7 @@ import os
 
 from trainer import classes, cli, distribute, inference, serving
 from trainer import workdir as workdir_lib
-from trainer.data import decode, manifest, pipeline
+from trainer.data import decode, layout, manifest, pipeline
 from trainer.errors import UserError
 
 import ml_collections
@@ -350,9 +350,10 @@ def main(argv):
         resolution=FLAGS.resolution,
     )
     summary = summarize(rows, counts, task)
-    summary.update(model=os.path.abspath(trained.path), split=FLAGS.split)
+    summary.update(model=str(layout.absolute(trained.path)), split=FLAGS.split)
     summary.update(resolution=FLAGS.resolution)
-    summary.update(data_root=os.path.abspath(FLAGS.data_root), image_size=trained.image_size)
+    summary.update(data_root=str(layout.absolute(FLAGS.data_root)))
+    summary.update(image_size=trained.image_size)
     write_results(output_dir, summary, per_image_table(rows, counts, task))
 
     for name, scores in summary["groups"].items():

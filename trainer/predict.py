@@ -72,21 +72,30 @@ def find_inputs(pattern: str) -> list[str]:
     """The image files named by a file, a folder (not recursive) or a glob, sorted.
 
     A file named directly is taken whatever its extension; folders and globs
-    yield the files with an image extension only.
+    yield the files with an image extension only. Any of them may be a
+    TensorFlow filesystem URL (`gs://BUCKET/photos/*.jpg`); `**` recursion
+    works for local globs only.
 
     Raises:
         UserError: nothing matches.
     """
-    if os.path.isfile(pattern):
-        return [pattern]
-    if os.path.isdir(pattern):
-        candidates = [os.path.join(pattern, name) for name in os.listdir(pattern)]
+    if layout.is_url(pattern):
+        isfile = lambda path: tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)  # noqa: E731
+        isdir, listdir, matches = tf.io.gfile.isdir, tf.io.gfile.listdir, tf.io.gfile.glob
     else:
-        candidates = glob.glob(pattern, recursive=True)
+        isfile, isdir, listdir = os.path.isfile, os.path.isdir, os.listdir
+        matches = lambda pattern: glob.glob(pattern, recursive=True)  # noqa: E731
+    if isfile(pattern):
+        return [pattern]
+    if isdir(pattern):
+        folder = pattern.rstrip("/")
+        candidates = [f"{folder}/{name.rstrip('/')}" for name in listdir(pattern)]
+    else:
+        candidates = matches(pattern)
     paths = sorted(
         path
         for path in candidates
-        if os.path.isfile(path) and os.path.splitext(path)[1].lower() in layout.IMAGE_EXTENSIONS
+        if os.path.splitext(path)[1].lower() in layout.IMAGE_EXTENSIONS and isfile(path)
     )
     if not paths:
         extensions = ", ".join(sorted(layout.IMAGE_EXTENSIONS))

@@ -293,20 +293,20 @@ def export_saved_model(
             _replace_directory(temporary, directory)
         finally:
             if tf.io.gfile.exists(temporary):
-                tf.io.gfile.rmtree(temporary)
+                workdir_lib.remove_tree(temporary)
     return directory
 
 
 def _replace_directory(source: str, target: str) -> None:
-    """Renames `source` to `target`; a failure puts the previous `target` back."""
+    """Moves `source` to `target`; a failure puts the previous `target` back."""
     previous = workdir_lib.temporary_path(target)
     if tf.io.gfile.exists(target):
-        tf.io.gfile.rename(target, previous)
+        workdir_lib.move_tree(target, previous)
     try:
-        tf.io.gfile.rename(source, target)
+        workdir_lib.move_tree(source, target)
     except BaseException:
         if tf.io.gfile.exists(previous):
-            tf.io.gfile.rename(previous, target)
+            workdir_lib.move_tree(previous, target)
         raise
     if tf.io.gfile.exists(previous):
-        tf.io.gfile.rmtree(previous)
+        workdir_lib.remove_tree(previous)

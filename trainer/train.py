@@ -35,7 +35,7 @@ from trainer import (
 from trainer import model as model_lib
 from trainer import workdir as workdir_lib
 from trainer.data import cache as data_cache
-from trainer.data import manifest, pipeline
+from trainer.data import layout, manifest, pipeline
 from trainer.plan import is_due, run_plan, steps_until_event
 
 import ml_collections
@@ -373,7 +373,7 @@ def _finish(
     logging.info("Training done: %s", summary)
     print(
         f"Training done: {summary}.\n"
-        f"  results:     {os.path.abspath(save_dir)}\n"
+        f"  results:     {layout.absolute(save_dir)}\n"
         f"  SavedModel:  {export_dir}\n"
         f"  metrics:     {os.path.join(save_dir, workdir_lib.METRICS_FILE)}\n"
         f"  curves:      {curves}\n"
