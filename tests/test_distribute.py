@@ -44,3 +44,31 @@ def test_tpu_strategy_without_a_tpu_is_a_user_error():
     # Builds everything up to the resolver; the TPU system itself exists only on Cloud TPU.
     with pytest.raises(UserError, match="--strategy=tpu could not reach the TPU 'local'"):
         distribute.make_strategy("tpu", tpu="local")
+
+
+def test_a_lost_peer_is_named_with_what_happened_to_it():
+    heartbeat = tf.errors.UnavailableError(
+        None,
+        None,
+        "Graph execution error:\n\nDetected at node while/CollectiveReduceV2 defined at:\n"
+        "Collective ops is aborted by: Error reported from /job:worker/task:1: The following "
+        "tasks are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\n"
+        "The tasks have crashed.",
+    )
+    summary = distribute.lost_peer_summary(heartbeat)
+    assert summary.startswith("lost contact with worker 1 (UnavailableError: Collective ops")
+    assert "stopped sending heartbeats" in summary
+    reset = tf.errors.UnavailableError(
+        None,
+        None,
+        "recvmsg:Connection reset by peer\nAdditional GRPC error information from remote target "
+        '/job:worker/replica:0/task:2 while calling RecvBuf: {grpc_status:14, grpc_message:"'
+        'recvmsg:Connection reset by peer"}',
+    )
+    assert distribute.lost_peer_summary(reset) == (
+        "lost contact with worker 2 (UnavailableError: recvmsg:Connection reset by peer)"
+    )
+    vague = tf.errors.CancelledError(None, None, "Cancelled")
+    assert distribute.lost_peer_summary(vague) == (
+        "lost contact with another worker (CancelledError: Cancelled)"
+    )

@@ -254,6 +254,78 @@ def test_sigterm_to_one_worker_stops_all_at_the_same_step_with_a_checkpoint(
     assert (workdir / "checkpoints" / f"ckpt-{step}.index").exists()
 
 
+def _start_workers(args, configs, logs):
+    workers = []
+    for index, log in enumerate(logs):
+        with open(log, "w") as out:
+            workers.append(
+                subprocess.Popen(
+                    multi_worker_local.worker_command(args),
+                    cwd=REPO,
+                    env=multi_worker_local.worker_env(configs[index], index, None),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    return workers
+
+
+@pytest.mark.slow
+def test_a_worker_killed_outright_stops_the_other_within_two_minutes_then_both_resume(
+    tiny_args, synthetic_root, tmp_path
+):
+    """kill -9 (a lost node): the survivor must not hang in its next all-reduce."""
+    workdir = tmp_path / "workdir"
+    args = [
+        *tiny_args,
+        "--config.train.steps=24",
+        "--config.train.eval_every=8",
+        "--config.train.checkpoint_every=4",
+        "--num_cpu_devices=1",
+        f"--data_root={synthetic_root}",
+        f"--workdir={workdir}",
+    ]
+
+    def cluster():
+        return multi_worker_local.tf_configs(
+            [f"127.0.0.1:{port}" for port in multi_worker_local.free_ports(2)]
+        )
+
+    logs = [tmp_path / f"worker{index}.log" for index in range(2)]
+    workers = _start_workers(args, cluster(), logs)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((workdir / "checkpoints").glob("*.index")):
+            assert time.monotonic() < deadline and workers[0].poll() is None, logs[0].read_text()
+            time.sleep(0.2)
+        workers[1].kill()
+        killed_at = time.monotonic()
+        code = workers[0].wait(timeout=150)
+        detected_s = time.monotonic() - killed_at
+    finally:
+        for worker in workers:
+            worker.kill()
+    text = logs[0].read_text()
+    assert code == 129, text[-3000:]  # interrupted and resumable
+    assert detected_s < 120, detected_s
+    errors = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "lost contact with worker 1" in errors[0], text[-3000:]
+    assert "start every worker again" in errors[0]
+    print(f"worker 0 exited {detected_s:.1f} s after worker 1 was killed: {errors[0]}")
+
+    restarted = _start_workers(args, cluster(), logs)
+    try:
+        codes = [worker.wait(timeout=600) for worker in restarted]
+    finally:
+        for worker in restarted:
+            worker.kill()
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0], texts[0][-3000:] + texts[1][-3000:]
+    resumed = re.search(r"Resumed from checkpoint at step (\d+)", texts[0])
+    assert resumed and int(resumed.group(1)) >= 2, texts[0][-3000:]
+    assert "Training done" in texts[0]
+
+
 # --- cluster_commands ---------------------------------------------------------------
 
 

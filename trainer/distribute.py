@@ -13,6 +13,7 @@ calls the input function once per host, each host reading its own shard.
 
 import json
 import os
+import re
 
 from trainer.errors import UserError
 
@@ -190,3 +191,32 @@ def make_any_worker_fn(strategy: tf.distribute.Strategy):
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     return lambda flag: int(count(tf.constant(bool(flag)))) > 0
+
+
+# A task named in a collective's error: "... remote target /job:worker/replica:0/task:1 ...".
+_REMOTE_TASK = re.compile(r"(?:remote target |task )?/job:(\w+)/replica:\d+/task:(\d+)")
+_GRPC_MESSAGE = re.compile(r'grpc_message:"([^"]+)"')
+# The line of a long error that says what happened (the coordination service's
+# heartbeat verdict, a reset connection), rather than "Graph execution error:".
+_SYMPTOM = re.compile(r"unhealthy|heartbeat|reset by peer|Socket closed|failed to connect", re.I)
+
+
+def lost_peer_summary(error: BaseException) -> str:
+    """One phrase for a collective that failed because a peer is gone.
+
+    Names the worker when TensorFlow's error says which one (its gRPC details
+    name the remote task), and the transport's reason when it gives one.
+    """
+    message = getattr(error, "message", None) or str(error)
+    remote = [m for m in _REMOTE_TASK.finditer(message) if "remote target" in m.group(0)]
+    tasks = remote or list(_REMOTE_TASK.finditer(message))
+    who = f"{tasks[0].group(1)} {tasks[0].group(2)}" if tasks else "another worker"
+    reason = _GRPC_MESSAGE.search(message)
+    telling = [line.strip() for line in message.splitlines() if _SYMPTOM.search(line)]
+    if reason:
+        detail = reason.group(1)
+    elif telling:
+        detail = telling[0]
+    else:
+        detail = message.strip().splitlines()[0]
+    return f"lost contact with {who} ({type(error).__name__}: {detail[:200]})"

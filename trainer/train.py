@@ -89,10 +89,10 @@ def main(argv):
             raise
         # A worker killed outright fails the others' next collective: retryable,
         # unlike a traceback's exit 1, which `restartPolicy: ExitCode` leaves stopped.
-        reason = (getattr(error, "message", None) or str(error)).splitlines()[0][:200]
+        logging.error("The collective failed: %s", error)
         print(
-            f"error: lost contact with another worker ({type(error).__name__}: {reason}); "
-            "start every worker again with the same command to resume from the last checkpoint",
+            f"error: {distribute.lost_peer_summary(error)}; start every worker again with the "
+            "same command to resume from the last checkpoint",
             file=sys.stderr,
             flush=True,
         )
