@@ -203,6 +203,22 @@ def test_two_local_workers_resume_from_the_chiefs_checkpoint(multi_worker_runs):
     assert second["names"] <= RUN_FILES and second["worker_tmp"] == []
 
 
+def _start_workers(args, configs, logs):
+    workers = []
+    for index, log in enumerate(logs):
+        with open(log, "w") as out:
+            workers.append(
+                subprocess.Popen(
+                    multi_worker_local.worker_command(args),
+                    cwd=REPO,
+                    env=multi_worker_local.worker_env(configs[index], index, None),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    return workers
+
+
 @pytest.mark.slow
 def test_sigterm_to_one_worker_stops_all_at_the_same_step_with_a_checkpoint(
     tiny_args, synthetic_root, tmp_path
@@ -221,18 +237,7 @@ def test_sigterm_to_one_worker_stops_all_at_the_same_step_with_a_checkpoint(
         f"--workdir={workdir}",
     ]
     logs = [tmp_path / f"worker{index}.log" for index in range(2)]
-    workers = []
-    for index, log in enumerate(logs):
-        with open(log, "w") as out:
-            workers.append(
-                subprocess.Popen(
-                    multi_worker_local.worker_command(args),
-                    cwd=REPO,
-                    env=multi_worker_local.worker_env(configs[index], index, None),
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+    workers = _start_workers(args, configs, logs)
     try:
         deadline = time.monotonic() + 300
         while "step 2/400" not in logs[0].read_text() and time.monotonic() < deadline:
@@ -252,22 +257,6 @@ def test_sigterm_to_one_worker_stops_all_at_the_same_step_with_a_checkpoint(
     assert f"Stopped by another worker's stop request at step {step};" in texts[0]
     assert 0 < step < 400
     assert (workdir / "checkpoints" / f"ckpt-{step}.index").exists()
-
-
-def _start_workers(args, configs, logs):
-    workers = []
-    for index, log in enumerate(logs):
-        with open(log, "w") as out:
-            workers.append(
-                subprocess.Popen(
-                    multi_worker_local.worker_command(args),
-                    cwd=REPO,
-                    env=multi_worker_local.worker_env(configs[index], index, None),
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-    return workers
 
 
 @pytest.mark.slow
