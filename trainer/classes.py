@@ -22,8 +22,7 @@ DEFAULT_IGNORE_LABEL = 255
 
 
 def _group(config, name: str) -> Mapping:
-    group = config[name] if name in config else {}
-    return group
+    return config[name] if name in config else {}
 
 
 def num_classes(config) -> int:

@@ -252,7 +252,7 @@ def per_image_table(
     return table.sort_values(["iou", "path"], ignore_index=True)
 
 
-def _summed(task: classes.Task, counts: np.ndarray, at: int) -> list[list[int]]:
+def _summed(counts: np.ndarray, at: int) -> list[list[int]]:
     """[tp, fp, fn], each a list over the C channels, summed over the images."""
     totals = counts[:, at].sum(axis=0)  # [C, 3]
     return [[int(v) for v in totals[:, k]] for k in range(3)]
@@ -260,7 +260,7 @@ def _summed(task: classes.Task, counts: np.ndarray, at: int) -> list[list[int]]:
 
 def _scores(task: classes.Task, counts: np.ndarray) -> dict:
     """iou, fscore, mean_image_iou and num_images of some images' counts at 0.5."""
-    scores = task.scores(*_summed(task, counts, _at_threshold(task)))
+    scores = task.scores(*_summed(counts, _at_threshold(task)))
     image_ious = [s["iou"] for s in _image_scores(task, counts[:, _at_threshold(task)])]
     return {
         "iou": scores["iou"],
@@ -273,14 +273,13 @@ def _scores(task: classes.Task, counts: np.ndarray) -> dict:
 def summarize(rows: pd.DataFrame, counts: np.ndarray, task: classes.Task = classes.BINARY) -> dict:
     """The summary.json figures (module docstring) of `count_confusions`' counts."""
     summary = _scores(task, counts)
-    tp, fp, fn = _summed(task, counts, _at_threshold(task))
+    tp, fp, fn = _summed(counts, _at_threshold(task))
     overall = task.scores(tp, fp, fn)
     summary.update(mean_iou=overall["iou"], per_class=overall["per_class"])
     if task.is_binary:
         summary.update(tp=tp[0], fp=fp[0], fn=fn[0], threshold=THRESHOLD)
         by_threshold = {
-            f"{t:.1f}": task.scores(*_summed(task, counts, i))["iou"]
-            for i, t in enumerate(THRESHOLDS)
+            f"{t:.1f}": task.scores(*_summed(counts, i))["iou"] for i, t in enumerate(THRESHOLDS)
         }
         summary["iou_at_threshold"] = by_threshold
         summary["best_threshold"] = float(max(by_threshold, key=by_threshold.get))
