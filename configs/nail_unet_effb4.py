@@ -32,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
     # (s*s*4 bytes a pair: 0.56 MiB at 384 px); none: decode every time.
     config.data.cache = "disk"
     config.data.cache_dir = ""  # "" = WORKDIR/cache.
+    # Records folders read uncached (prepare --records): pairs shuffled in a buffer
+    # of encoded files per input pipeline (memory: this many photo files).
+    config.data.shuffle_buffer = 1000
     # Multi-class only (model.num_classes >= 2): mask value counted in neither loss nor metrics.
     config.data.ignore_label = 255
     # Names of the classes in logs, reports and pictures, class 0 first; () = defaults.

@@ -58,6 +58,7 @@ BAD_VALUES = [
     ("data.cache", "memory", "choose one of none, disk"),
     ("data.resize", "crop", "choose one of stretch, pad"),
     ("data.cache_dir", None, "not a string"),
+    ("data.shuffle_buffer", 0, "at least 1"),
     ("data.ignore_label", 256, "at most 255"),
     ("data.ignore_label", -1, "at least 0"),
     ("data.class_names", "nail", "not a tuple"),

@@ -174,6 +174,7 @@ FIELDS: dict[str, Check] = {
     "data.prefetch_batches": whole(minimum=0),
     "data.cache": choice(cache.MODES),
     "data.cache_dir": text(),
+    "data.shuffle_buffer": whole(minimum=1),
     "data.ignore_label": whole(minimum=0, maximum=255),
     "data.class_names": tuple_of(text(empty=False), example="('background','plate','tip')"),
     "model.arch": choice(model_lib.ARCHITECTURES, ignore_case=True),

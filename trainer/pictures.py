@@ -15,7 +15,7 @@ import os
 
 from trainer import classes, colours
 from trainer import workdir as workdir_lib
-from trainer.data import decode
+from trainer.data import decode, records
 
 import numpy as np
 import pandas as pd
@@ -41,27 +41,37 @@ class Samples:
 
 
 def take_samples(
-    rows: pd.DataFrame,
+    rows: pd.DataFrame | records.Split,
     image_size: int,
     num_samples: int = 8,
     resize: str = "stretch",
     num_classes: int = 1,
 ) -> Samples:
-    """Decodes `num_samples` rows spread evenly over `rows`, as validation decodes them.
+    """Decodes `num_samples` pairs spread evenly over `rows`, as validation decodes them.
 
     Rows are sorted by path and groups are folders, so spreading the picks
-    shows every group of a large enough set.
+    shows every group of a large enough set. A records split gives its pairs
+    in index order, group after group, spread the same way.
     """
-    count = min(num_samples, len(rows))
-    chosen = np.unique(np.linspace(0, len(rows) - 1, num=count).round().astype(int))
+    if isinstance(rows, records.Split):
+        encoded = records.sample_pairs(rows, num_samples)
+    else:
+        count = min(num_samples, len(rows))
+        chosen = np.unique(np.linspace(0, len(rows) - 1, num=count).round().astype(int))
+        encoded = [
+            (
+                tf.io.read_file(rows["images"].iloc[i]),
+                tf.io.read_file(rows["masks"].iloc[i]),
+                rows["images"].iloc[i],
+            )
+            for i in chosen
+        ]
     images, masks = [], []
-    for i in chosen:
-        image, mask = decode.load_pair(
-            rows["images"].iloc[i], rows["masks"].iloc[i], image_size, resize, num_classes
-        )
+    for image_bytes, mask_bytes, _ in encoded:
+        image, mask = decode.decode_pair(image_bytes, mask_bytes, image_size, resize, num_classes)
         images.append(image.numpy())
         masks.append(mask.numpy())
-    names = [os.path.basename(rows["images"].iloc[i]) for i in chosen]
+    names = [os.path.basename(path) for _, _, path in encoded]
     return Samples(np.stack(images), np.stack(masks), names)
 
 

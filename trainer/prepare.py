@@ -1,7 +1,7 @@
 """Scans a data folder, checks every pair and writes its manifests.
 
   python -m trainer.prepare --data_root=DIR [--valid_fraction=0.2 --seed=0 --check --strict]
-      [--num_classes=1 --ignore_label=255]
+      [--num_classes=1 --ignore_label=255] [--records=OUT --num_shards=N]
 
 DIR may be a TensorFlow filesystem URL (`gs://BUCKET/PATH`): every file is
 listed, read and written through `tf.io.gfile`.
@@ -11,6 +11,11 @@ exactly as the trainer would when it finds none: every image and mask is
 decoded with the trainer's own decoders, the pairs it cannot read are left out,
 and every problem goes to `DIR/csv_file/problems.csv` (path, severity, message).
 Logs the pairs per split and group, and a count of the problems.
+
+`--records=OUT` also writes the checked pairs as sharded TFRecord files and an
+index (`trainer.data.records`): `--data_root=OUT` then trains from them, for
+data sets too large for one file per photo, or on buckets. `--num_shards`
+sets the train split's files (default: one per 1000 pairs).
 
 The masks are checked for the classes the run will train: give the same
 `--num_classes` and `--ignore_label` as `--config.model.num_classes` and
@@ -35,7 +40,7 @@ import collections
 import sys
 
 from trainer import cli
-from trainer.data import manifest
+from trainer.data import manifest, records
 from trainer.errors import UserError
 
 from absl import app, flags, logging
@@ -59,6 +64,17 @@ _IGNORE_LABEL = flags.DEFINE_integer(
     "ignore_label",
     255,
     "Label-index masks only, as --config.data.ignore_label: the value no loss counts.",
+)
+
+
+_RECORDS = flags.DEFINE_string(
+    "records",
+    None,
+    "Also write the checked pairs as sharded TFRecord files and an index to this folder "
+    "(local or a URL); train with --data_root pointing at it.",
+)
+_NUM_SHARDS = flags.DEFINE_integer(
+    "num_shards", 0, "TFRecord files of the train split with --records; 0: one per 1000 pairs."
 )
 
 
@@ -92,6 +108,11 @@ def main(argv: list[str]) -> None:
     bad_flags = _class_flags_error(num_classes, ignore_label)
     if bad_flags:
         raise UserError(bad_flags)
+    if _NUM_SHARDS.value < 0 or (_NUM_SHARDS.value and not _RECORDS.value):
+        raise UserError(
+            f"--num_shards={_NUM_SHARDS.value}: give a number of files >= 1 together with "
+            "--records=OUT (0 picks one file per 1000 pairs)"
+        )
     if num_classes > 1:
         logging.info(
             "checking label-index masks of %d classes, ignore label %d", num_classes, ignore_label
@@ -113,6 +134,19 @@ def main(argv: list[str]) -> None:
     logging.info("%d problem(s) %s%s", len(result.problems), dict(sorted(counts.items())), hint)
     if result.num_skipped:
         logging.warning(manifest.SKIPPED_MESSAGE, result.num_skipped, result.problems_csv)
+    if _RECORDS.value:
+        num_shards = _NUM_SHARDS.value or records.shard_count_hint(len(result.train))
+        index = records.write_records(
+            result.train,
+            result.valid,
+            _RECORDS.value,
+            num_shards=num_shards,
+            seed=_SEED.value,
+            num_classes=num_classes,
+            ignore_label=ignore_label,
+        )
+        shards = {name: len(split["shards"]) for name, split in index["splits"].items()}
+        logging.info("wrote the records to %s: shard files per split %s", _RECORDS.value, shards)
     if _STRICT.value and counts["error"]:
         logging.error("error: %d file(s) with errors; --strict fails", counts["error"])
         sys.exit(1)

@@ -35,7 +35,7 @@ from trainer import (
 from trainer import model as model_lib
 from trainer import workdir as workdir_lib
 from trainer.data import cache as data_cache
-from trainer.data import layout, manifest, pipeline
+from trainer.data import layout, manifest, pipeline, records
 from trainer.plan import is_due, run_plan, steps_until_event
 
 import ml_collections
@@ -157,23 +157,22 @@ def train_and_evaluate(
 
     # --- Data -------------------------------------------------------------------
     task = classes.task(config)
-    train_rows, valid_rows = manifest.read_manifests(
-        data_root,
-        fallback_dir=workdir,
-        valid_fraction=config.data.valid_fraction,
-        num_classes=task.num_classes,
-        ignore_label=config.data.ignore_label,
-    )
+    train_rows, valid_rows = read_data(config, data_root, workdir)
     on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
     plan = run_plan(config, len(train_rows), strategy.num_replicas_in_sync, on_tpu=on_tpu)
     _log_summary(config, plan, train_rows, valid_rows)
     local_replicas = max(1, plan["num_replicas"] // distribute.num_workers(strategy))
     num_parallel_calls, _ = pipeline.pipeline_parallelism(config.data, local_replicas)
     shard = distribute.input_shard(strategy)
+    valid_source = valid_rows  # the sample pictures decode it: the cache holds no photos
     if cache_dir is not None:
         # Each input pipeline reads only its shard: this process caches that one.
         train_rows, valid_rows = (
-            data_cache.ensure_cached(
+            (
+                data_cache.ensure_cached_records
+                if isinstance(rows, records.Split)
+                else data_cache.ensure_cached
+            )(
                 rows,
                 config.data.image_size,
                 cache_dir,
@@ -255,7 +254,7 @@ def train_and_evaluate(
     samples = None
     if config.log.num_samples > 0:
         samples = pictures.take_samples(
-            valid_rows,
+            valid_source,
             config.data.image_size,
             config.log.num_samples,
             config.data.resize,
@@ -397,9 +396,33 @@ def _check_shard(input_context: tf.distribute.InputContext, shard: tuple[int, in
         )
 
 
+def read_data(config, data_root: str, workdir: str):
+    """The run's `(train, valid)`: manifests of a folder, or the splits of a records folder.
+
+    A folder's manifests are prepared when missing (`manifest.read_manifests`);
+    a records folder (`prepare --records`) is read from its index.
+    """
+    num_classes = classes.task(config).num_classes
+    if records.is_records_root(data_root):
+        splits = records.read_index(data_root, num_classes=num_classes)
+        logging.info("Data: the records folder %s", data_root)
+        return splits["train"], splits["valid"]
+    return manifest.read_manifests(
+        data_root,
+        fallback_dir=workdir,
+        valid_fraction=config.data.valid_fraction,
+        num_classes=num_classes,
+        ignore_label=config.data.ignore_label,
+    )
+
+
 def _log_summary(config, plan, train_rows, valid_rows) -> None:
     def per_group(rows):
-        return ", ".join(f"{g}: {n}" for g, n in sorted(rows["group"].value_counts().items()))
+        if isinstance(rows, records.Split):
+            counts = rows.group_counts()
+        else:
+            counts = rows["group"].value_counts().to_dict()
+        return ", ".join(f"{g}: {n}" for g, n in sorted(counts.items()))
 
     logging.info(
         "Data: %d train (%s), %d valid (%s)",

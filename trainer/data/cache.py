@@ -27,7 +27,7 @@ import time
 from concurrent import futures
 
 from trainer import workdir
-from trainer.data import decode
+from trainer.data import decode, records
 from trainer.errors import UserError
 
 import ml_collections
@@ -112,14 +112,99 @@ def ensure_cached(
     """
     shard_index, num_shards = shard
     rows = np.arange(shard_index, len(frame), num_shards)
-    size_folder = os.path.join(
-        folder, f"{size_px}px" + ("" if resize == "stretch" else f"_{resize}")
-    )
     images = frame["images"].astype(str).to_numpy()[rows].tolist()
     masks = frame["masks"].astype(str).to_numpy()[rows].tolist()
+    geometry = _geometry(size_px, resize, num_classes)
+    names = _names(images, masks, geometry)
+
+    def build(paths, missing):
+        how = (resize, num_classes)
+        return _build(images, masks, paths, missing, size_px, how, num_parallel_calls)
+
+    cached = _ensure(names, _size_folder(folder, size_px, resize), build, folder, size_px)
+    _report_failures([i for i, path in enumerate(cached) if not path], images, masks, len(names))
+    column = np.full(len(frame), None, dtype=object)
+    column[rows] = cached
+    return frame.assign(**{COLUMN: column})
+
+
+def ensure_cached_records(
+    split: records.Split,
+    size_px: int,
+    folder: str,
+    *,
+    num_parallel_calls: int,
+    shard: tuple[int, int] = (0, 1),
+    resize: str = "stretch",
+    num_classes: int = 1,
+) -> pd.DataFrame:
+    """`ensure_cached` for a records split: its pairs cached, as a manifest to train from.
+
+    Cache files are named by the shard file's identity and the record's position
+    in it, so that a run finding its cache complete opens no shard. Reading
+    the rows it misses reads the shards that hold them, each once.
+
+    Returns:
+        One row per record in index order (`records.record_keys`): `images` and
+        `masks` both `SHARD#POSITION` (for messages), `group`, and the `COLUMN`
+        of this input pipeline's rows, as `ensure_cached` gives for a manifest.
+    """
+    shard_index, num_shards = shard
+    keys = records.record_keys(split)
+    rows = np.arange(shard_index, len(keys), num_shards)
+    stamps = {path: _stamp(path) for path in keys["shard"].unique()}
+    geometry = _geometry(size_px, resize, num_classes)
+    shard_paths = keys["shard"].to_numpy()[rows]
+    labels = [
+        f"{path}#{position}"
+        for path, position in zip(shard_paths, keys["position"].to_numpy()[rows])
+    ]
+    names = [
+        _hashed(f"{FORMAT_VERSION}|{geometry}|record|{label}|{stamps[path]}")
+        for label, path in zip(labels, shard_paths)
+    ]
+
+    def build(paths, missing):
+        chosen = rows[missing]
+        chosen_rows = tf.constant(chosen, tf.int64)  # sorted, as `missing` is
+
+        def read(row, image, mask, _):
+            return image, mask, tf.searchsorted(chosen_rows, tf.reshape(row, [1]))[0]
+
+        pairs = records.read_records(split, chosen.tolist())
+        how = (resize, num_classes)
+        return _build_from(pairs, read, paths, missing, size_px, how, num_parallel_calls)
+
+    cached = _ensure(names, _size_folder(folder, size_px, resize), build, folder, size_px)
+    _report_failures([i for i, path in enumerate(cached) if not path], labels, labels, len(names))
+    column = np.full(len(keys), None, dtype=object)
+    column[rows] = cached
+    labels_all = [f"{path}#{position}" for path, position in zip(keys["shard"], keys["position"])]
+    return pd.DataFrame(
+        {"images": labels_all, "masks": labels_all, "group": keys["group"], COLUMN: column}
+    )
+
+
+def _size_folder(folder: str, size_px: int, resize: str) -> str:
+    return os.path.join(folder, f"{size_px}px" + ("" if resize == "stretch" else f"_{resize}"))
+
+
+def _geometry(size_px: int, resize: str, num_classes: int) -> str:
     # Binary entries keep the key they had before label masks existed.
     labels = "" if num_classes == 1 else f"|labels{num_classes}"
-    names = _names(images, masks, f"{size_px}|{resize}{labels}")
+    return f"{size_px}|{resize}{labels}"
+
+
+def _ensure(names: list[str], size_folder: str, build, folder: str, size_px: int) -> list[str]:
+    """Builds the cache files of `names` not in `size_folder` yet.
+
+    Args:
+        build: `(paths, missing) -> failed`: writes the files of the `missing`
+            indices, returns those that could not be decoded.
+
+    Returns:
+        Each name's cache file, "" for a pair that could not be decoded.
+    """
     paths = [os.path.join(size_folder, name) for name in names]
     try:
         tf.io.gfile.makedirs(size_folder)
@@ -127,9 +212,7 @@ def ensure_cached(
         missing = [index for index, name in enumerate(names) if name not in present]
         failed = []
         if missing:
-            failed = _build(
-                images, masks, paths, missing, size_px, (resize, num_classes), num_parallel_calls
-            )
+            failed = build(paths, missing)
         else:
             logging.info("Data cache: all %d pairs at %d px are in %s", len(names), size_px, folder)
     except (tf.errors.OpError, OSError) as error:
@@ -139,15 +222,36 @@ def ensure_cached(
             "--config.data.cache_dir at a writable disk, or turn the cache off with "
             "--config.data.cache=none"
         ) from None
-    _report_failures(failed, images, masks, len(names))
-    cached = np.full(len(frame), None, dtype=object)
     failed_set = set(failed)
-    cached[rows] = [("" if index in failed_set else path) for index, path in enumerate(paths)]
-    return frame.assign(**{COLUMN: cached})
+    return [("" if index in failed_set else path) for index, path in enumerate(paths)]
 
 
 def _build(images, masks, paths, missing, size_px, how, num_parallel_calls) -> list[int]:
-    """Decodes and writes the `missing` pairs; returns those that could not be decoded."""
+    """Decodes and writes the `missing` pairs of files; returns those that could not be decoded."""
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (
+            [images[index] for index in missing],
+            [masks[index] for index in missing],
+            tf.range(len(missing), dtype=tf.int64),
+        )
+    )
+    return _build_from(dataset, _read_files, paths, missing, size_px, how, num_parallel_calls)
+
+
+def _read_files(image_path, mask_path, position):
+    return tf.io.read_file(image_path), tf.io.read_file(mask_path), position
+
+
+def _build_from(pairs, read, paths, missing, size_px, how, num_parallel_calls) -> list[int]:
+    """Decodes and writes the `missing` pairs; returns those that could not be decoded.
+
+    Args:
+        pairs: one element per missing row, ending in its position in `missing`.
+        read: element -> `(image_bytes, mask_bytes, position)`, run in parallel.
+        paths: every row's cache file.
+        missing: the rows to write.
+        how: `(resize, num_classes)`, as `decode.decode_pair` takes them.
+    """
     workdir.check_free_space(
         os.path.dirname(paths[0]),
         len(missing) * pair_bytes(size_px),
@@ -163,13 +267,8 @@ def _build(images, masks, paths, missing, size_px, how, num_parallel_calls) -> l
         os.path.dirname(os.path.dirname(paths[0])),
     )
     started = time.monotonic()
-    written = _write_missing(
-        [images[index] for index in missing],
-        [masks[index] for index in missing],
-        [paths[index] for index in missing],
-        size_px,
-        how,
-        num_parallel_calls,
+    written = _write_decoded(
+        pairs, read, [paths[index] for index in missing], size_px, how, num_parallel_calls
     )
     logging.info(
         "Data cache: %d pairs written in %.1f s (%.0f MiB)",
@@ -207,9 +306,14 @@ def _names(images: list[str], masks: list[str], geometry: str) -> list[str]:
     for image, image_stamp, mask, mask_stamp in zip(
         images, image_stamps, masks, mask_stamps, strict=True
     ):
-        key = f"{FORMAT_VERSION}|{geometry}|{image}|{image_stamp}|{mask}|{mask_stamp}"
-        names.append(hashlib.sha1(key.encode()).hexdigest()[:24] + _SUFFIX)
+        names.append(
+            _hashed(f"{FORMAT_VERSION}|{geometry}|{image}|{image_stamp}|{mask}|{mask_stamp}")
+        )
     return names
+
+
+def _hashed(key: str) -> str:
+    return hashlib.sha1(key.encode()).hexdigest()[:24] + _SUFFIX
 
 
 def _stamp(path: str) -> str:
@@ -225,14 +329,20 @@ def _stamp(path: str) -> str:
     return f"{stat.length}:{stat.mtime_nsec}"
 
 
-def _write_missing(images, masks, paths, size_px, how, num_parallel_calls) -> set[int]:
-    """Decodes pairs in parallel and writes each; returns the indices written.
+def _write_decoded(pairs, read, paths, size_px, how, num_parallel_calls) -> set[int]:
+    """Decodes pairs in parallel and writes each to its path; returns the indices written.
 
-    `how` is `(resize, num_classes)`, as `decode.load_pair` takes them.
+    `read` turns an element of `pairs` into `(image_bytes, mask_bytes, index)`,
+    the index into `paths`; an element that fails is left out, never shifting
+    the others. `how` is `(resize, num_classes)`, as `decode.decode_pair` takes them.
     """
-    dataset = tf.data.Dataset.from_tensor_slices((images, masks, tf.range(len(paths))))
-    dataset = dataset.map(
-        lambda image, mask, index: (*decode.load_pair(image, mask, size_px, *how), index),
+
+    def load(*element):
+        image_bytes, mask_bytes, index = read(*element)
+        return (*decode.decode_pair(image_bytes, mask_bytes, size_px, *how), index)
+
+    dataset = pairs.map(
+        load,
         num_parallel_calls=num_parallel_calls,
         deterministic=False,
     )

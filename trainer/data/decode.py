@@ -236,6 +236,14 @@ def _palette_indices(encoded: np.ndarray) -> np.ndarray:
 def decode_mask_values(path: tf.Tensor) -> tf.Tensor:
     """Reads a mask file as uint8 `[height, width, 1]`, values as stored (not binarised).
 
+    See `decode_mask_value_bytes`.
+    """
+    return decode_mask_value_bytes(tf.io.read_file(path))
+
+
+def decode_mask_value_bytes(encoded: tf.Tensor) -> tf.Tensor:
+    """Decodes a mask's bytes as uint8 `[height, width, 1]`, values as stored (not binarised).
+
     Decoded with its own channels, then made one: RGB(A) to luminance, gray +
     alpha to gray (CMYK JPEGs decode to RGB). Asking the decoder for one
     channel directly fails for BMP, WebP and CMYK JPEG files. A palette PNG
@@ -243,7 +251,6 @@ def decode_mask_values(path: tf.Tensor) -> tf.Tensor:
     PNG decoder expands the palette to colours, so PIL reads those files. A
     JPEG mask is turned upright by its EXIF orientation, as photos are.
     """
-    encoded = tf.io.read_file(path)
 
     def indices():
         values = tf.numpy_function(_palette_indices, [encoded], tf.uint8, stateful=False)
@@ -264,14 +271,19 @@ def decode_mask_values(path: tf.Tensor) -> tf.Tensor:
 
 
 def decode_mask(path: tf.Tensor, num_classes: int = 1) -> tf.Tensor:
-    """Reads a mask file as uint8 `[height, width, 1]`.
+    """Reads a mask file as uint8 `[height, width, 1]` (see `decode_mask_bytes`)."""
+    return decode_mask_bytes(tf.io.read_file(path), num_classes)
+
+
+def decode_mask_bytes(encoded: tf.Tensor, num_classes: int = 1) -> tf.Tensor:
+    """Decodes a mask's bytes as uint8 `[height, width, 1]`.
 
     Binary (`num_classes` 1): values in {0, 1}. 0/255 masks (and 3-channel or
     JPEG ones) are binarised at 127; label-index masks whose values are only 0
     and 1 are kept as they are. Multi-class: the label indices as stored
     (0..K-1, and the ignore label), never binarised.
     """
-    mask = decode_mask_values(path)
+    mask = decode_mask_value_bytes(encoded)
     if num_classes > 1:
         return mask
     is_label_index = tf.reduce_max(mask) <= 1
@@ -315,10 +327,23 @@ def load_pair(
     resize: str = "stretch",
     num_classes: int = 1,
 ):
+    """Reads an image file and its mask file as `decode_pair` decodes their bytes."""
+    return decode_pair(
+        tf.io.read_file(image_path), tf.io.read_file(mask_path), size_px, resize, num_classes
+    )
+
+
+def decode_pair(
+    image_bytes: tf.Tensor,
+    mask_bytes: tf.Tensor,
+    size_px: int,
+    resize: str = "stretch",
+    num_classes: int = 1,
+):
     """Decodes an image and its mask and resizes both, as training and evaluation see them.
 
     Args:
-        image_path, mask_path: the pair's files.
+        image_bytes, mask_bytes: the pair's encoded files (read from a folder or a record).
         size_px: the model's input side.
         resize: "stretch" or "pad" (`RESIZE_MODES`); padding is background in the mask.
         num_classes: the model's classes: 1 reads a binary mask, more read label indices.
@@ -327,10 +352,11 @@ def load_pair(
         uint8 image `[size_px, size_px, 3]`, uint8 mask `[size_px, size_px, 1]`: in
         {0, 1} when binary, label indices otherwise.
     """
-    mask = decode_mask(mask_path, num_classes)
+    mask = decode_mask_bytes(mask_bytes, num_classes)
     if resize == "pad":
         mask = pad_to_square(mask)
-    return load_image(image_path, size_px, resize), resize_mask(mask, size_px, num_classes)
+    image = to_model_square(decode_image_for_model(image_bytes, size_px), size_px, resize)
+    return image, resize_mask(mask, size_px, num_classes)
 
 
 def to_model_inputs(image: tf.Tensor, mask: tf.Tensor):

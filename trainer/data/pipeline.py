@@ -18,7 +18,7 @@ Only file names are ever shuffled: a buffer of decoded photos (the seed's
 
 import os
 
-from trainer.data import augment, cache, decode
+from trainer.data import augment, cache, decode, records
 from trainer.errors import UserError
 
 import ml_collections
@@ -40,6 +40,9 @@ def pipeline_parallelism(data_config: ml_collections.ConfigDict, local_replicas:
     num_parallel_calls = data_config.num_parallel_calls or max(1, os.cpu_count() or 1)
     prefetch_batches = data_config.prefetch_batches or max(2, 2 * local_replicas)
     return num_parallel_calls, prefetch_batches
+
+
+_PIPELINE_SALT = 1_000_003  # apart the augmentation seeds of input pipelines
 
 
 def _epoch_stream(num_files: int, seed: int, salt: int) -> tf.data.Dataset:
@@ -66,7 +69,7 @@ def _index_stream(frame: pd.DataFrame, *, balanced: bool, seed: int) -> tf.data.
 
 
 def make_dataset(
-    frame: pd.DataFrame,
+    frame: pd.DataFrame | records.Split,
     data_config: ml_collections.ConfigDict,
     input_context: tf.distribute.InputContext | None = None,
     *,
@@ -79,13 +82,15 @@ def make_dataset(
     """Builds the input pipeline for one input pipeline (worker) of a strategy.
 
     Args:
-        frame: manifest rows with absolute `images` and `masks` paths and a `group`;
-            with a `cached` column (`cache.ensure_cached` for the same input
+        frame: manifest rows with absolute `images` and `masks` paths and a `group`,
+            or a split of a records folder (`records.read_index`); with a
+            `cached` column (`cache.ensure_cached` for the same input
             pipeline), the pairs are read from the cache instead of decoded.
             `data_config.cache` is not read here: `train.train_and_evaluate`
             builds the cache; a loop of your own calls `ensure_cached` first.
         data_config: the config's `data` group (image_size, resize, batch_size,
-            balanced, augment, num_parallel_calls, prefetch_batches).
+            balanced, augment, num_parallel_calls, prefetch_batches; shuffle_buffer
+            for records).
         input_context: from `strategy.distribute_datasets_from_function`; None
             means a single pipeline feeding a single replica.
         training: endless, shuffled, augmented, `drop_remainder` batches if True;
@@ -108,8 +113,48 @@ def make_dataset(
     per_replica_batch_size = input_context.get_per_replica_batch_size(data_config.batch_size)
     local_replicas = max(1, input_context.num_replicas_in_sync // input_context.num_input_pipelines)
     num_parallel_calls, prefetch_batches = pipeline_parallelism(data_config, local_replicas)
-    size_px = data_config.image_size
+    examples_per_step = per_replica_batch_size * local_replicas
+    reading = dict(
+        training=training,
+        seed=seed,
+        skip_examples=skip_examples,
+        with_weights=with_weights,
+        num_classes=num_classes,
+        examples_per_step=examples_per_step,
+        num_parallel_calls=num_parallel_calls,
+    )
+    if isinstance(frame, records.Split):
+        ds = _records_examples(frame, data_config, input_context, **reading)
+    else:
+        ds = _folder_examples(frame, data_config, input_context, **reading)
+    if training:
+        # prepare checked every file; one damaged since then must not end a long run.
+        ds = ds.ignore_errors(log_warning=True)
+        if data_config.augment:
+            ds = ds.map(_augment_fn(data_config.image_size), num_parallel_calls=num_parallel_calls)
+        else:
+            ds = ds.map(lambda image, mask, _: (image, mask))
+    ds = ds.map(_to_model_inputs_keeping_weight, num_parallel_calls=num_parallel_calls)
+    ds = ds.batch(per_replica_batch_size, drop_remainder=training or with_weights)
+    return ds.prefetch(prefetch_batches)
 
+
+def _folder_examples(
+    frame: pd.DataFrame,
+    data_config: ml_collections.ConfigDict,
+    input_context: tf.distribute.InputContext,
+    *,
+    training: bool,
+    seed: int,
+    skip_examples: int,
+    with_weights: bool,
+    num_classes: int,
+    examples_per_step: int,
+    num_parallel_calls: int,
+) -> tf.data.Dataset:
+    """Decoded pairs of a manifest's rows: `(image, mask, example_seed)` when training,
+    `(image, mask, weight)` with weights, `(image, mask)` otherwise; uint8, model-sized."""
+    size_px = data_config.image_size
     num_pipelines = input_context.num_input_pipelines
     num_pairs = len(frame)
     shard_size_max = -(-num_pairs // num_pipelines)
@@ -145,33 +190,69 @@ def make_dataset(
             return (*cache.read_pair(cached[index], size_px), example_seed)
 
     if training:
-        pipeline_salt = input_context.input_pipeline_id * 1_000_003
+        pipeline_salt = input_context.input_pipeline_id * _PIPELINE_SALT
         ds = _index_stream(frame, balanced=data_config.balanced, seed=seed)
         ds = ds.enumerate().map(lambda position, index: (index, position + pipeline_salt))
         ds = ds.skip(skip_examples)
-        ds = ds.map(load, num_parallel_calls=num_parallel_calls)
-        # prepare checked every file; one damaged since then must not end a long run.
-        ds = ds.ignore_errors(log_warning=True)
-        if data_config.augment:
-            ds = ds.map(_augment_fn(size_px), num_parallel_calls=num_parallel_calls)
-        else:
-            ds = ds.map(lambda image, mask, _: (image, mask))
-    elif with_weights:
-        examples_per_step = per_replica_batch_size * local_replicas
+        return ds.map(load, num_parallel_calls=num_parallel_calls)
+    if with_weights:
         padded_size = -(-shard_size_max // examples_per_step) * examples_per_step
         num_real = len(frame)
         # Padding repeats a real file (cheap, always decodable) with weight 0.
         ds = tf.data.Dataset.range(padded_size).map(
             lambda i: (i % num_real, tf.cast(i < num_real, tf.float32))
         )
-        ds = ds.map(load, num_parallel_calls=num_parallel_calls)
-    else:
-        ds = tf.data.Dataset.range(len(frame)).map(lambda index: (index, index))
-        ds = ds.map(load, num_parallel_calls=num_parallel_calls)
-        ds = ds.map(lambda image, mask, _: (image, mask))
-    ds = ds.map(_to_model_inputs_keeping_weight, num_parallel_calls=num_parallel_calls)
-    ds = ds.batch(per_replica_batch_size, drop_remainder=training or with_weights)
-    return ds.prefetch(prefetch_batches)
+        return ds.map(load, num_parallel_calls=num_parallel_calls)
+    ds = tf.data.Dataset.range(len(frame)).map(lambda index: (index, index))
+    ds = ds.map(load, num_parallel_calls=num_parallel_calls)
+    return ds.map(lambda image, mask, _: (image, mask))
+
+
+def _records_examples(
+    split: records.Split,
+    data_config: ml_collections.ConfigDict,
+    input_context: tf.distribute.InputContext,
+    *,
+    training: bool,
+    seed: int,
+    skip_examples: int,
+    with_weights: bool,
+    num_classes: int,
+    examples_per_step: int,
+    num_parallel_calls: int,
+) -> tf.data.Dataset:
+    """`_folder_examples` for a records split: the pairs' bytes come from its shards."""
+
+    def decoded(image_bytes, mask_bytes, *extra):
+        pair = decode.decode_pair(
+            image_bytes, mask_bytes, data_config.image_size, data_config.resize, num_classes
+        )
+        return (*pair, *extra)
+
+    if training:
+        pipeline_salt = input_context.input_pipeline_id * _PIPELINE_SALT
+        ds = records.training_examples(
+            split,
+            input_context,
+            balanced=data_config.balanced,
+            seed=seed,
+            skip_examples=skip_examples,
+            shuffle_buffer=data_config.shuffle_buffer,
+            num_parallel_calls=num_parallel_calls,
+        )
+        # Positions count from the stream's start, as a folder's do.
+        ds = ds.enumerate(skip_examples).map(
+            lambda position, pair: (*pair, position + pipeline_salt)
+        )
+        return ds.map(decoded, num_parallel_calls=num_parallel_calls)
+    examples, count, largest = records.evaluation_examples(split, input_context)
+    if with_weights:
+        padded_size = -(-largest // examples_per_step) * examples_per_step
+        # Padding repeats the first pair (always decodable) with weight 0.
+        real = examples.map(lambda image, mask: (image, mask, 1.0))
+        padding = examples.take(1).map(lambda image, mask: (image, mask, 0.0))
+        examples = real.concatenate(padding.repeat(padded_size - count))
+    return examples.map(decoded, num_parallel_calls=num_parallel_calls)
 
 
 def _to_model_inputs_keeping_weight(image, mask, *weight):
