@@ -9,7 +9,7 @@ import os
 import shutil
 
 import trainer  # noqa: F401  (Keras 2 before TensorFlow loads)
-from trainer import checkpoint, train
+from trainer import checkpoint, evaluate, train
 from trainer.data import cache, pipeline, records
 from trainer.errors import UserError
 
@@ -260,6 +260,11 @@ def test_a_records_folder_in_a_bucket_is_read_in_place(frames):
     assert set(np.unique(masks)) <= {0.0, 1.0}
 
 
+def test_evaluate_points_from_records_to_the_photos_they_came_from(records_root):
+    with pytest.raises(UserError, match="evaluate reads the folder of photos"):
+        evaluate.select_rows(records_root, "valid", fallback_dir=None)
+
+
 def test_a_damaged_index_names_the_file_and_the_fix(records_root, tmp_path):
     index_path = os.path.join(records_root, records.INDEX_FILE)
     with open(index_path) as file:
@@ -342,3 +347,7 @@ def test_prepare_writes_records_and_refuses_shards_without_them(
     assert len(splits["train"]) + len(splits["valid"]) == 48
     refused = run_module("prepare", f"--data_root={data}", "--num_shards=2")
     assert_one_error_line(refused, "--num_shards=2")
+    # Commands that read the photos themselves name the folder the records came from.
+    refused = run_module("prepare", f"--data_root={out}")
+    assert_one_error_line(refused, "is a records folder (prepare --records); prepare reads")
+    assert str(data) in refused.stderr

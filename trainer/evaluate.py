@@ -42,7 +42,7 @@ import os
 
 from trainer import classes, cli, distribute, inference, serving
 from trainer import workdir as workdir_lib
-from trainer.data import decode, layout, manifest, pipeline
+from trainer.data import decode, layout, manifest, pipeline, records
 from trainer.errors import UserError
 
 import ml_collections
@@ -91,7 +91,14 @@ def select_rows(
     fallback_dir: str | None,
     task: classes.Task = classes.BINARY,
 ) -> pd.DataFrame:
-    """The manifest rows of `split` ('train', 'valid' or 'all'), with a fresh index."""
+    """The manifest rows of `split` ('train', 'valid' or 'all'), with a fresh index.
+
+    Raises:
+        UserError: `data_root` is a records folder: per-image results name each
+            photo and count its mask at its own size, so they read the photos' folder.
+    """
+    if records.is_records_root(data_root):
+        raise records.not_a_folder_of_photos(data_root, "evaluate")
     train, valid = manifest.read_manifests(
         data_root,
         fallback_dir=fallback_dir,

@@ -40,7 +40,7 @@ import collections
 import sys
 
 from trainer import cli
-from trainer.data import manifest, records
+from trainer.data import layout, manifest, records
 from trainer.errors import UserError
 
 from absl import app, flags, logging
@@ -117,6 +117,8 @@ def main(argv: list[str]) -> None:
         logging.info(
             "checking label-index masks of %d classes, ignore label %d", num_classes, ignore_label
         )
+    if records.is_records_root(_DATA_ROOT.value):
+        raise records.not_a_folder_of_photos(_DATA_ROOT.value, "prepare")
     result = manifest.prepare(
         _DATA_ROOT.value,
         valid_fraction=_VALID_FRACTION.value,
@@ -144,6 +146,7 @@ def main(argv: list[str]) -> None:
             seed=_SEED.value,
             num_classes=num_classes,
             ignore_label=ignore_label,
+            source=str(layout.absolute(_DATA_ROOT.value)),
         )
         shards = {name: len(split["shards"]) for name, split in index["splits"].items()}
         logging.info("wrote the records to %s: shard files per split %s", _RECORDS.value, shards)

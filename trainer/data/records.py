@@ -119,6 +119,7 @@ def write_records(
     num_classes: int = 1,
     ignore_label: int = 255,
     num_threads: int = 16,
+    source: str | None = None,
 ) -> dict:
     """Writes both splits as TFRecord shards and the index; returns the index.
 
@@ -130,6 +131,7 @@ def write_records(
         seed: the shuffle of the pairs before they are cut into shards.
         num_classes, ignore_label: what the masks were checked for, kept in the index.
         num_threads: files read at once (on a bucket each read is a request).
+        source: the data folder the pairs came from, kept in the index for messages.
 
     Raises:
         UserError: `num_shards` < 1, or the folder or a file cannot be read or written.
@@ -140,6 +142,7 @@ def write_records(
     index = {
         "format": FORMAT,
         "version": VERSION,
+        "source": source,
         "images": IMAGE_POLICY,
         "num_classes": num_classes,
         "ignore_label": ignore_label,
@@ -224,6 +227,21 @@ def _example(image: bytes, mask: bytes, group: str, image_path: str, mask_path: 
 def is_records_root(data_root) -> bool:
     """Whether `data_root` is a records folder (it holds `INDEX_FILE`)."""
     return layout.is_file(layout.join(layout.absolute(data_root), INDEX_FILE))
+
+
+def not_a_folder_of_photos(data_root, command: str) -> UserError:
+    """The error for a command that needs the photos' folder but was given a records folder."""
+    source = None
+    try:
+        with tf.io.gfile.GFile(os.path.join(str(data_root), INDEX_FILE), "r") as file:
+            source = json.load(file).get("source")
+    except (tf.errors.OpError, OSError, ValueError, AttributeError):
+        pass
+    where = f" ({source})" if source else ""
+    return UserError(
+        f"{data_root} is a records folder (prepare --records); {command} reads the folder of "
+        f"photos it was written from{where}: point --data_root there"
+    )
 
 
 def read_index(data_root, *, num_classes: int | None = None) -> dict[str, Split]:
