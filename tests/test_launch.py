@@ -220,43 +220,75 @@ def _start_workers(args, configs, logs):
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_worker_stops_all_at_the_same_step_with_a_checkpoint(
-    tiny_args, synthetic_root, tmp_path
+@pytest.mark.parametrize("signalled", [(1,), (0, 1)], ids=["one_worker", "every_worker"])
+def test_sigterm_stops_all_workers_at_the_same_step_then_both_resume(
+    tiny_args, synthetic_root, tmp_path, signalled
 ):
-    """A preempted VM or evicted pod signals one worker; the others must not hang."""
+    """A preempted VM or evicted pod signals one worker; the others must not hang.
+
+    A deleted job signals every worker: they too stop at one step.
+
+    Multi-worker runs stop through TensorFlow's PreemptionCheckpointHandler
+    (trainer/preemption.py), which owns SIGTERM off GCE: the signalled worker
+    names the step that every worker saves at.
+    """
     workdir = tmp_path / "workdir"
-    configs = multi_worker_local.tf_configs(
-        [f"127.0.0.1:{port}" for port in multi_worker_local.free_ports(2)]
-    )
     args = [
         *tiny_args,
-        "--config.train.steps=400",
         "--config.train.eval_every=100",
+        "--config.train.checkpoint_every=2",
         "--num_cpu_devices=1",
         f"--data_root={synthetic_root}",
         f"--workdir={workdir}",
     ]
+
+    def cluster():
+        return multi_worker_local.tf_configs(
+            [f"127.0.0.1:{port}" for port in multi_worker_local.free_ports(2)]
+        )
+
     logs = [tmp_path / f"worker{index}.log" for index in range(2)]
-    workers = _start_workers(args, configs, logs)
+    workers = _start_workers([*args, "--config.train.steps=400"], cluster(), logs)
     try:
         deadline = time.monotonic() + 300
-        while "step 2/400" not in logs[0].read_text() and time.monotonic() < deadline:
+        # After the first checkpoint, while training.
+        while not list((workdir / "checkpoints").glob("*.index")):
+            assert time.monotonic() < deadline, logs[0].read_text()[-3000:]
             assert all(w.poll() is None for w in workers), logs[0].read_text()[-3000:]
-            time.sleep(0.5)
-        workers[1].send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+        for index in signalled:
+            workers[index].send_signal(signal.SIGTERM)
+        sent = time.monotonic()
         codes = [w.wait(timeout=120) for w in workers]
+        stop_s = time.monotonic() - sent
     finally:
         for worker in workers:
             worker.kill()
     texts = [log.read_text() for log in logs]
-    # Both interrupted and resumable (128 + SIGTERM), the one not signalled too.
+    assert "Preemption: SIGTERM goes to PreemptionCheckpointHandler" in texts[1], texts[1][-3000:]
+    # Both interrupted and resumable (128 + SIGTERM), the one not signalled too;
+    # never TensorFlow's exit code 42.
     assert codes == [143, 143], texts[0][-3000:] + texts[1][-3000:]
     stopped = re.search(r"Stopped by SIGTERM at step (\d+);", texts[1])
     assert stopped, texts[1][-3000:]
     step = int(stopped.group(1))
-    assert f"Stopped by another worker's stop request at step {step};" in texts[0]
+    by = "SIGTERM" if 0 in signalled else "a preemption notice"
+    assert f"Stopped by {by} at step {step};" in texts[0], texts[0][-3000:]
     assert 0 < step < 400
     assert (workdir / "checkpoints" / f"ckpt-{step}.index").exists()
+    print(f"both workers exited 143 at step {step}, {stop_s:.1f} s after SIGTERM")
+
+    restarted = _start_workers([*args, f"--config.train.steps={step + 4}"], cluster(), logs)
+    try:
+        codes = [worker.wait(timeout=600) for worker in restarted]
+    finally:
+        for worker in restarted:
+            worker.kill()
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0], texts[0][-3000:] + texts[1][-3000:]
+    for text in texts:
+        assert f"Resumed from checkpoint at step {step}" in text, text[-3000:]
+    assert "Training done" in texts[0]
 
 
 @pytest.mark.slow

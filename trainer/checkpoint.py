@@ -49,6 +49,7 @@ class TrainingState:
             checkpoint_name=workdir_lib.CHECKPOINT_PREFIX,
         )
         self._step = step
+        self._saved_step = None  # the step of this process's last save
         self._model = model
         self._optimizer = optimizer
 
@@ -84,6 +85,10 @@ class TrainingState:
     def save(self, *, force: bool = False) -> str | None:
         """Saves if `every_steps` have passed since the last save (always if force).
 
+        A step saved already is not saved again (the periodic save or the
+        preemption handler's, then the loop's last one at the same step): the
+        state does not change between them.
+
         Returns:
             The new checkpoint's path prefix, or None when none was due.
 
@@ -93,6 +98,8 @@ class TrainingState:
                 partial files are removed.
         """
         number = int(self._step.numpy())
+        if number == self._saved_step:
+            return None
         try:
             with workdir_lib.writing(
                 self._directory,
@@ -101,10 +108,13 @@ class TrainingState:
                 fix=_RESUME_FIX,
             ):
                 try:
-                    return self.manager.save(checkpoint_number=number, check_interval=not force)
+                    path = self.manager.save(checkpoint_number=number, check_interval=not force)
                 except BaseException:
                     self._remove_partial_save(number)
                     raise
+                if path is not None:
+                    self._saved_step = number
+                return path
         finally:
             if not self._is_chief:
                 shutil.rmtree(self._directory, ignore_errors=True)

@@ -262,13 +262,14 @@ def train_and_evaluate(
         )
     total_steps = plan["total_steps"]
     bar = progress.Progress(start_step, total_steps)
-    stop = preemption.StopRequest().install()
+    # After the restore: TensorFlow's preemption handler, where the strategy gets
+    # it, must not restore over ours (see trainer/preemption.py).
+    watch = preemption.Watch(strategy, state).install()
     try:
         writer.drop_after(start_step)
         window = progress.TrainWindow(task)
         divergence = progress.DivergenceGuard(config.train.max_bad_steps)
-        any_worker = distribute.make_any_worker_fn(strategy)
-        while int(trainee.step.numpy()) < total_steps and not any_worker(stop.requested):
+        while int(trainee.step.numpy()) < total_steps and not watch.should_stop():
             current = int(trainee.step.numpy())
             num_steps = steps_until_event(current, plan, plan["steps_per_execution"])
             started = time.perf_counter()
@@ -309,6 +310,7 @@ def train_and_evaluate(
                     f"IoU {results['iou']:.4f} F1 {results['fscore']:.4f}{per_class}"
                 )
             state.save()
+            watch.after_step()
         state.save(force=True)
         bar.close()
 
@@ -316,7 +318,7 @@ def train_and_evaluate(
         step = int(trainee.step.numpy())
         results = {"step": step, "total_steps": total_steps, "stopped_by": None}
         if step < total_steps:
-            results["stopped_by"] = stop.signal_name or "another worker's stop request"
+            results["stopped_by"] = watch.stopped_by
             results.update(best=best_lib.read_best(save_dir), export_dir=None)
             message = (
                 f"Stopped by {results['stopped_by']} at step {step}; the checkpoint is saved: "
@@ -334,7 +336,7 @@ def train_and_evaluate(
     finally:
         # A failing cleanup (a flush on a full disk) must not replace the error
         # that brought the run here: it is logged instead.
-        for cleanup in (stop.uninstall, bar.close, writer.close):
+        for cleanup in (watch.uninstall, bar.close, writer.close):
             try:
                 cleanup()
             except Exception as error:  # noqa: BLE001
