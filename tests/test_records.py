@@ -161,6 +161,24 @@ def test_balanced_sampling_draws_the_groups_evenly(records_root):
     assert 0.42 < share_b < 0.58  # a third of the pairs, half of the draws
 
 
+def test_a_group_too_small_for_every_pipeline_is_left_out_of_that_pipelines_draws(frames, tmp_path):
+    train = frames[0].assign(group=["c"] + ["a"] * (NUM_PAIRS - 1))  # c: one pair
+    records.write_records(train, frames[1], str(tmp_path), num_shards=2)
+    split = records.read_index(str(tmp_path))["train"]
+    numbers = []
+    for pipeline_id in range(2):
+        stream = pipeline.make_dataset(
+            split,
+            _data_config(balanced=True, batch_size=4),
+            _context(pipeline_id, 2),
+            training=True,
+        ).unbatch()
+        numbers.append({_numbers(image[None])[0] for image, _ in stream.take(60)})
+    # Pair 0 (group c) reaches one pipeline, often: half of its draws.
+    assert (0 in numbers[0]) != (0 in numbers[1])
+    assert numbers[0] | numbers[1] == set(range(NUM_PAIRS))
+
+
 @pytest.mark.parametrize("balanced", [False, True], ids=["plain", "balanced"])
 def test_a_resumed_stream_continues_the_uninterrupted_one_exactly(records_root, balanced):
     # Skipping 37 examples crosses an epoch (30 pairs); with augmentation on,

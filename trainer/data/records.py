@@ -470,13 +470,20 @@ def training_examples(
         part = _checked_part(list(split.shards), split, pipeline_id, num_pipelines)
         records = _endless(part, seed, 0, *reading, skip=skip_examples)
     else:
-        groups = split.groups()
-        taken = _choices_per_group(len(groups), seed, skip_examples)
-        streams = []
-        for salt, group in enumerate(groups, start=1):
-            part = _checked_part(split.group_shards(group), split, pipeline_id, num_pipelines)
-            streams.append(_endless(part, seed, salt, *reading, skip=taken[salt - 1]))
-        choices = _group_choices(len(groups), seed).skip(skip_examples)
+        _checked_part(list(split.shards), split, pipeline_id, num_pipelines)
+        # A group too small to reach this pipeline is left out of its draws, as
+        # a folder's pipeline samples only the groups of its rows.
+        parts = {
+            salt: pipeline_part(split.group_shards(group), pipeline_id, num_pipelines)
+            for salt, group in enumerate(split.groups(), start=1)
+        }
+        parts = {salt: part for salt, part in parts.items() if part.size}
+        taken = _choices_per_group(len(parts), seed, skip_examples)
+        streams = [
+            _endless(part, seed, salt, *reading, skip=count)
+            for (salt, part), count in zip(parts.items(), taken, strict=True)
+        ]
+        choices = _group_choices(len(parts), seed).skip(skip_examples)
         records = tf.data.Dataset.choose_from_datasets(streams, choices)
     return records.map(_parsed, num_parallel_calls=num_parallel_calls)
 
