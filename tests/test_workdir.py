@@ -89,6 +89,30 @@ def test_a_run_resumes_only_with_the_state_it_saved(tmp_path):
     )
 
 
+def test_resuming_with_other_values_says_which(tmp_path, monkeypatch):
+    stored = _config()
+    stored["run"] = {"strategy": "tpu"}
+    workdir.write_json(str(tmp_path / "config.json"), stored)
+    warnings = []
+    monkeypatch.setattr(
+        workdir.logging, "warning", lambda *args: warnings.append(args[0] % args[1:])
+    )
+    stored["train"]["batch_size"] = 32
+    workdir.write_json(str(tmp_path / "config.json"), stored)
+    resumed = _config()
+    resumed["train"]["batch_size"] = 64  # e.g. more replicas on the next machine
+    resumed["train"]["new_field"] = 3  # not in the stored config.json: not listed
+    workdir.check_workdir(str(tmp_path), resumed, overwrite=False)
+    assert warnings == [
+        f"Resuming the run in {tmp_path} with a changed config: train.batch_size: 32 -> 64"
+    ]
+    warnings.clear()
+    workdir.check_workdir(
+        str(tmp_path), dict(_config(), train=dict(stored["train"])), overwrite=False
+    )
+    assert warnings == []
+
+
 def test_overwrite_removes_the_previous_run_only(tmp_path):
     for name in ("checkpoints", "best", "export", "tb", "samples", "cache", "eval"):
         (tmp_path / name).mkdir()

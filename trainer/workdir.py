@@ -134,6 +134,39 @@ def check_workdir(workdir: str, config, *, overwrite: bool) -> None:
                 f"--workdir={workdir} holds a run with {group}.{field}={old!r}, which cannot "
                 f"resume as {new!r}; use another --workdir, or --overwrite to start over"
             )
+    changed = changed_fields(stored, config)
+    if changed:
+        # A resumed run takes the new values (a batch size for more replicas, a
+        # learning rate, more steps): said once, so that it is never silent.
+        logging.warning(
+            "Resuming the run in %s with a changed config: %s", workdir, "; ".join(changed)
+        )
+
+
+def changed_fields(stored: dict, config) -> list[str]:
+    """`FIELD: OLD -> NEW` for each field of `config` whose value differs in `stored`.
+
+    `stored` is a config.json; fields it lacks (added since) are not listed.
+    """
+    stored_values = dict(_leaves(stored))
+    changed = []
+    for path, value in _leaves(config):
+        if path not in stored_values:
+            continue
+        as_stored = json.loads(json.dumps(value))  # tuples are lists in config.json
+        if as_stored != stored_values[path]:
+            changed.append(f"{path}: {stored_values[path]!r} -> {as_stored!r}")
+    return changed
+
+
+def _leaves(mapping, prefix: str = ""):
+    for key, value in mapping.items():
+        if key == "run":  # the plan and strategy the trainer adds, not a config field
+            continue
+        if hasattr(value, "items"):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 # ---------------------------------------------------------------- failures
