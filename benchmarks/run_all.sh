@@ -3,8 +3,8 @@
 #
 #   benchmarks/run_all.sh            # from anywhere; results in benchmarks/results/
 #
-# On 2 cores: about 20 minutes, plus about 5 the first time (drawing the
-# synthetic photos into benchmarks/.data/, ~2.5 GB). Run it on a quiet machine:
+# On 2 cores: about 25 minutes, plus about 8 the first time (drawing the
+# synthetic photos into benchmarks/.data/, ~2.8 GB). Run it on a quiet machine:
 # each benchmark waits up to 3 minutes for the load average left by the one
 # before to fall below 0.5, and marks its figures void when it does not.
 # gpu_seed is not run here: it needs a GPU (see benchmarks/README.md).
@@ -12,7 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
 failed=()
-for benchmark in input_pipeline input_bound replicas precision steps_per_execution; do
+for benchmark in input_pipeline input_bound replicas precision steps_per_execution records; do
   echo
   "$python" -m "benchmarks.$benchmark" || failed+=("$benchmark")
 done

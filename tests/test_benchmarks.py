@@ -8,6 +8,7 @@ headline (a `GOAL ...: value` or `RATIO ...: value` line with a figure) and
 writes its results file.
 """
 
+import json
 import re
 import subprocess
 import sys
@@ -86,3 +87,20 @@ def test_recipe_final_quick_mode_reports_the_valid_iou_goal(tmp_path):
     assert process.returncode == 0, (process.stdout + process.stderr)[-5000:]
     assert re.search(r"^GOAL valid IoU >= 0.75: [0-9]", process.stdout, re.MULTILINE)
     assert (tmp_path / "results" / "recipe_final.quick.json").is_file()
+
+
+def test_records_quick_mode_measures_the_four_variants(tmp_path):
+    before = results_snapshot()
+    process = run_quick("records", tmp_path)
+    assert process.returncode == 0, (process.stdout + process.stderr)[-5000:]
+    assert _HEADLINE.search(process.stdout), process.stdout[-5000:]
+    assert "QUICK RUN" in process.stdout
+    record = json.loads((tmp_path / "results" / "records.quick.json").read_text())
+    rows = {(row["storage"], row["source"]): row for row in record["rows"]}
+    assert set(rows) == {(s, f) for s in ("local", "ram") for f in ("folder", "records")}
+    for row in rows.values():
+        assert row["startup_s"] > 0 and row["images_per_sec"] > 0, row
+        assert row["prepare_s"] > 0, row
+    assert rows["local", "records"]["write_records_s"] > 0
+    assert record["machine"]["cpu_count"] and "load_after" in record
+    assert results_snapshot() == before
