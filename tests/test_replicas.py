@@ -25,8 +25,11 @@ def _one_step(num_replicas, tmp_path, num_classes):
         return float(saved["loss"]), weights, saved["counts"]
 
 
-# 3 classes: the categorical loss with ignored pixels and class weights.
-@pytest.mark.parametrize("num_classes", [1, pytest.param(3, marks=pytest.mark.slow)])
+# 3 classes: the categorical loss with ignored pixels and class weights. Slow (two
+# processes building the model, 35 s); the fast suite keeps the same check on
+# evaluation (tests/test_evaluate.py: one device against two).
+@pytest.mark.slow
+@pytest.mark.parametrize("num_classes", [1, 3])
 def test_one_step_on_two_replicas_equals_one_step_on_one(tmp_path, num_classes):
     loss_1, weights_1, counts_1 = _one_step(1, tmp_path, num_classes)
     loss_2, weights_2, counts_2 = _one_step(2, tmp_path, num_classes)
