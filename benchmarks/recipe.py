@@ -66,6 +66,8 @@ VARIANTS = {
     "constant_lr": {"train.lr_schedule": "constant"},
     "adamw": {"train.optimizer": "adamw", "train.weight_decay": 1e-4},
     "wide_decoder": {"model.decoder_filters": (256, 128, 64, 32, 16)},
+    "ema_0.99": {"train.ema_decay": 0.99},
+    "ema_0.995": {"train.ema_decay": 0.995},
 }
 _HOLDOUT_SEED = 20261130
 _QUICK = {"variants": ["base", "lr_3e-3"], "steps": 4, "holdout_fraction": 0.5}

@@ -64,6 +64,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Multi-class loss weight of each class, class 0 first; () = equal (normalised to mean 1).
     config.train.class_weights = ()
     config.train.momentum = 0.9  # sgd only.
+    # > 0: keep an exponential moving average of the weights (this decay a step);
+    # validation, the best weights and the export use the average. 0: off.
+    config.train.ema_decay = 0.0
     config.train.precision = "mixed_float16"  # float32 | mixed_float16 | mixed_bfloat16
     config.train.jit_compile = False  # XLA-compile the train step.
     config.train.steps_per_execution = 1  # train steps per tf.function call.

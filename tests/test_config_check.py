@@ -85,6 +85,7 @@ BAD_VALUES = [
     ("train.class_weights", (1.0, 0.0), "entry 1 (0.0): must be above 0"),
     ("train.class_weights", 2.0, "not a tuple"),
     ("train.momentum", 1.5, "at most 1"),
+    ("train.ema_decay", 1.0, "must be below 1"),
     ("train.precision", "fp8", "choose one of float32, mixed_float16, mixed_bfloat16"),
     ("train.jit_compile", "xla", "True or False"),
     ("train.steps_per_execution", 0, "at least 1"),

@@ -453,3 +453,34 @@ def test_mirrored_strategy_on_two_cpu_devices():
     np.testing.assert_array_equal(values[:, 0], values[:, 1])
     expected, _ = _reference(X0, GRADIENTS, lrs=[0.1] * 7, weight_decay=0.05, amsgrad=True)
     np.testing.assert_allclose(values[:, 0], expected, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("name", ["radam", "sgd"])
+def test_the_average_of_the_weights_is_swapped_in_for_a_block_then_out(name):
+    optimizer = optim.create_optimizer(
+        _train_config(optimizer=name, ema_decay=0.5, warmup_steps=0), total_steps=10
+    )
+    variable = tf.Variable([1.0, -2.0])
+    history = [variable.numpy().copy()]
+    for gradient in ([0.5, 0.5], [1.0, -1.0], [-0.3, 0.2]):
+        optimizer.apply_gradients([(tf.constant(gradient), variable)])
+        history.append(variable.numpy().copy())
+    # Keras' average starts at the initial value, then average = 0.5 avg + 0.5 value.
+    expected = history[0]
+    for value in history[1:]:
+        expected = 0.5 * expected + 0.5 * value
+    trained = variable.numpy().copy()
+    with optim.averaged_weights(optimizer, [variable]):
+        np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-6)
+        assert not np.allclose(variable.numpy(), trained)
+    np.testing.assert_array_equal(variable.numpy(), trained)
+
+
+def test_without_an_average_the_block_leaves_the_weights_alone():
+    optimizer = optim.create_optimizer(_train_config(ema_decay=0.0), total_steps=10)
+    variable = tf.Variable([1.0, -2.0])
+    optimizer.apply_gradients([(tf.constant([0.5, 0.5]), variable)])
+    trained = variable.numpy().copy()
+    with optim.averaged_weights(optimizer, [variable]):
+        np.testing.assert_array_equal(variable.numpy(), trained)
+    np.testing.assert_array_equal(variable.numpy(), trained)

@@ -119,3 +119,35 @@ def test_bad_input_gets_one_line_and_no_traceback(
 ):
     args = [*tiny_args, f"--data_root={synthetic_root}", f"--workdir={tmp_path / 'w'}", *extra]
     assert_one_error_line(run_module("train", *args), message)
+
+
+@pytest.mark.slow
+def test_an_average_of_the_weights_is_what_is_evaluated_and_kept_not_what_trains_on(
+    tiny_config, synthetic_root, tmp_path
+):
+    from trainer import train
+
+    import numpy as np
+    import tensorflow as tf
+
+    from tests.files import one_device
+
+    workdir = tmp_path / "ema"
+    config = tiny_config(train__steps=4, train__eval_every=4, train__checkpoint_every=4)
+    config.train.ema_decay = 0.9
+    results = train.train_and_evaluate(
+        config, workdir=str(workdir), data_root=str(synthetic_root), strategy=one_device()
+    )
+    assert results["step"] == 4 and results["best"]["step"] == 4
+    best = tf.train.load_checkpoint(str(workdir / "best" / results["best"]["weights"]))
+    trained = tf.train.load_checkpoint(str(workdir / "checkpoints"))
+    kernels = [
+        name
+        for name in best.get_variable_to_shape_map()
+        if name.endswith("/kernel/.ATTRIBUTES/VARIABLE_VALUE")
+    ]
+    assert kernels
+    # The best weights (saved at the step-4 evaluation) are the average; the
+    # checkpoint of the same step holds the trained values training goes on from.
+    for name in kernels:
+        assert not np.allclose(best.get_tensor(name), trained.get_tensor(f"model/{name}")), name

@@ -193,6 +193,7 @@ FIELDS: dict[str, Check] = {
     "train.weight_decay": number(minimum=0),
     "train.class_weights": tuple_of(number(above=0), example="(1.0,2.0,4.0)"),
     "train.momentum": number(minimum=0, maximum=1),
+    "train.ema_decay": number(minimum=0, below=1),
     "train.precision": choice(optim.PRECISIONS),
     "train.jit_compile": boolean(),
     "train.steps_per_execution": whole(minimum=1),

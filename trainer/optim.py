@@ -13,6 +13,8 @@ meaning are those of `tfa.optimizers.RectifiedAdam`, so configs written for it c
 """
 
 # isort: split
+import contextlib
+
 from trainer.errors import UserError
 
 import tensorflow as tf
@@ -304,7 +306,7 @@ def create_optimizer(train_config, total_steps, *, precision=None):
     Args:
       train_config: the config's `train` group; reads `optimizer`
         (radam | adam | adamw | sgd), `learning_rate`, `weight_decay`, `warmup_steps`,
-        `lr_schedule`, `momentum` (sgd) and `precision`.
+        `lr_schedule`, `momentum` (sgd), `ema_decay` and `precision`.
       total_steps: number of optimizer steps of the whole run.
       precision: the run's precision when it differs from `train_config.precision`
         (the run plan's, e.g. bfloat16 on a TPU).
@@ -323,16 +325,20 @@ def create_optimizer(train_config, total_steps, *, precision=None):
     # Keras applies its decoupled decay whenever weight_decay is not None, even at 0.
     weight_decay = float(train_config.weight_decay) or None
     name = train_config.optimizer
+    ema_decay = float(train_config.get("ema_decay", 0.0))  # absent from older config.json
+    # Keras keeps the average inside the optimizer (checkpointed with it) and
+    # updates it after each applied step; a skipped step leaves it as it is.
+    ema = dict(use_ema=ema_decay > 0, ema_momentum=ema_decay or 0.99)
     if name == "radam":
         # total_steps stays 0: the schedule above already does the warmup and decay.
-        optimizer = RectifiedAdam(schedule, weight_decay=weight_decay or 0.0)
+        optimizer = RectifiedAdam(schedule, weight_decay=weight_decay or 0.0, **ema)
     elif name == "adam":
-        optimizer = tf.keras.optimizers.Adam(schedule, weight_decay=weight_decay)
+        optimizer = tf.keras.optimizers.Adam(schedule, weight_decay=weight_decay, **ema)
     elif name == "adamw":
-        optimizer = tf.keras.optimizers.AdamW(schedule, weight_decay=weight_decay or 0.0)
+        optimizer = tf.keras.optimizers.AdamW(schedule, weight_decay=weight_decay or 0.0, **ema)
     else:
         optimizer = tf.keras.optimizers.SGD(
-            schedule, momentum=float(train_config.momentum), weight_decay=weight_decay
+            schedule, momentum=float(train_config.momentum), weight_decay=weight_decay, **ema
         )
     initial_scale = 2.0**15 if precision == "mixed_float16" else 1.0
     return tf.keras.mixed_precision.LossScaleOptimizer(optimizer, initial_scale=initial_scale)
@@ -369,3 +375,28 @@ def learning_rate_at(optimizer, step=None):
             min_lr=optimizer.min_lr,
         )
     return float(learning_rate)
+
+
+@contextlib.contextmanager
+def averaged_weights(optimizer, variables):
+    """Within the block, `variables` hold the optimizer's moving average of them.
+
+    For evaluating, saving the best weights and exporting under
+    `train.ema_decay`; the trained values come back on leaving, so that
+    training goes on from them. Without an average (`ema_decay` 0) it does nothing.
+
+    Args:
+        optimizer: the run's optimizer (a `LossScaleOptimizer` is looked through).
+        variables: the model's trainable variables, those the optimizer updates.
+    """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if not getattr(inner, "use_ema", False) or not getattr(inner, "_built", False):
+        yield
+        return
+    trained = [tf.identity(variable) for variable in variables]
+    inner.finalize_variable_values(variables)  # Keras' own: the average into the variables
+    try:
+        yield
+    finally:
+        for variable, value in zip(variables, trained, strict=True):
+            variable.assign(value)

@@ -261,6 +261,12 @@ def train_and_evaluate(
             task.num_classes,
         )
     total_steps = plan["total_steps"]
+
+    # Under train.ema_decay, what is evaluated, kept as the best and exported is
+    # the average of the weights; training goes on from the trained values.
+    def averaged():
+        return optim.averaged_weights(trainee.optimizer, trainee.model.trainable_variables)
+
     bar = progress.Progress(start_step, total_steps)
     # After the restore: TensorFlow's preemption handler, where the strategy gets
     # it, must not restore over ours (see trainer/preemption.py).
@@ -288,18 +294,21 @@ def train_and_evaluate(
                 bar.log_train(current, summary)
                 window = progress.TrainWindow(task)
             if is_due(current, plan["eval_every"], total_steps):
-                results = loop.evaluate(trainee.eval_fn, valid_dataset, task)
-                _record_evaluation(save_dir, trainee.model, state, writer, current, results, task)
-                if samples is not None:
-                    pictures.write_samples(
-                        trainee.model,
-                        samples,
-                        step=current,
-                        workdir=save_dir,
-                        summary_writer=writer.summary_writer,
-                        wandb_run=wandb_run,
-                        task=task,
+                with averaged():
+                    results = loop.evaluate(trainee.eval_fn, valid_dataset, task)
+                    _record_evaluation(
+                        save_dir, trainee.model, state, writer, current, results, task
                     )
+                    if samples is not None:
+                        pictures.write_samples(
+                            trainee.model,
+                            samples,
+                            step=current,
+                            workdir=save_dir,
+                            summary_writer=writer.summary_writer,
+                            wandb_run=wandb_run,
+                            task=task,
+                        )
                 per_class = "".join(
                     f", {name} {scores['iou']:.4f}"
                     for name, scores in results["per_class"].items()
@@ -327,11 +336,16 @@ def train_and_evaluate(
             logging.warning("%s", message)
             print(message, flush=True)
             return results
-        results.update(
-            _finish(
-                save_dir, trainee.model, is_chief=is_chief, resize=config.data.resize, task=task
+        with averaged():
+            results.update(
+                _finish(
+                    save_dir,
+                    trainee.model,
+                    is_chief=is_chief,
+                    resize=config.data.resize,
+                    task=task,
+                )
             )
-        )
         return results
     finally:
         # A failing cleanup (a flush on a full disk) must not replace the error
