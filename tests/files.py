@@ -79,3 +79,29 @@ def one_device():
     import tensorflow as tf
 
     return tf.distribute.OneDeviceStrategy("/cpu:0")
+
+
+def training_state(workdir, *, is_chief=True, every_steps=0, seed=0, keep=3):
+    """A `checkpoint.TrainingState` over a tiny Dense model and Adam, at step 0.
+
+    Returns:
+        `(state, model, optimizer, step)`; nothing is restored yet.
+    """
+    from trainer import checkpoint
+
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(seed)
+    model = tf.keras.Sequential([tf.keras.Input([3]), tf.keras.layers.Dense(2)])
+    optimizer = tf.keras.optimizers.Adam(0.1)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    state = checkpoint.TrainingState(
+        str(workdir),
+        step=step,
+        model=model,
+        optimizer=optimizer,
+        is_chief=is_chief,
+        keep=keep,
+        every_steps=every_steps,
+    )
+    return state, model, optimizer, step

@@ -2,30 +2,13 @@
 
 import os
 
-from trainer import checkpoint
 from trainer.errors import UserError
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-
-def _state(workdir, *, is_chief=True, every_steps=0, seed=0):
-    """A TrainingState over a tiny Dense model and Adam, at step 0."""
-    tf.keras.utils.set_random_seed(seed)
-    model = tf.keras.Sequential([tf.keras.Input([3]), tf.keras.layers.Dense(2)])
-    optimizer = tf.keras.optimizers.Adam(0.1)
-    step = tf.Variable(0, dtype=tf.int64, trainable=False)
-    state = checkpoint.TrainingState(
-        str(workdir),
-        step=step,
-        model=model,
-        optimizer=optimizer,
-        is_chief=is_chief,
-        keep=3,
-        every_steps=every_steps,
-    )
-    return state, model, optimizer, step
+from tests.files import training_state
 
 
 def _train_one_step(model, optimizer, step):
@@ -36,14 +19,14 @@ def _train_one_step(model, optimizer, step):
 
 
 def test_a_restart_resumes_step_weights_and_best_iou(tmp_path):
-    state, model, optimizer, step = _state(tmp_path)
+    state, model, optimizer, step = training_state(tmp_path)
     assert state.restore() == 0
     _train_one_step(model, optimizer, step)
     state.best_iou.assign(0.25)
     path = state.save(force=True)
     assert path == os.path.join(tmp_path, "checkpoints", "ckpt-1")
 
-    resumed, resumed_model, _, resumed_step = _state(tmp_path, seed=1)
+    resumed, resumed_model, _, resumed_step = training_state(tmp_path, seed=1)
     assert resumed.restore() == 1 and int(resumed_step.numpy()) == 1
     assert float(resumed.best_iou.numpy()) == 0.25
     for saved, restored in zip(model.weights, resumed_model.weights):
@@ -51,7 +34,7 @@ def test_a_restart_resumes_step_weights_and_best_iou(tmp_path):
 
 
 def test_saves_wait_for_every_steps_unless_forced(tmp_path):
-    state, model, optimizer, step = _state(tmp_path, every_steps=3)
+    state, model, optimizer, step = training_state(tmp_path, every_steps=3)
     assert state.save() is not None  # the first save is always due
     _train_one_step(model, optimizer, step)
     assert state.save() is None
@@ -59,24 +42,24 @@ def test_saves_wait_for_every_steps_unless_forced(tmp_path):
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
-    state, model, optimizer, step = _state(tmp_path)
+    state, model, optimizer, step = training_state(tmp_path)
     for _ in range(2):
         _train_one_step(model, optimizer, step)
         state.save(force=True)
     with open(os.path.join(tmp_path, "checkpoints", "ckpt-2.data-00000-of-00001"), "r+b") as f:
         f.truncate(8)
-    assert _state(tmp_path)[0].restore() == 1
+    assert training_state(tmp_path)[0].restore() == 1
 
 
 def test_no_restorable_checkpoint_names_the_work_directory_even_on_a_worker(tmp_path):
-    state, model, optimizer, step = _state(tmp_path)
+    state, model, optimizer, step = training_state(tmp_path)
     _train_one_step(model, optimizer, step)
     state.save(force=True)
     folder = os.path.join(tmp_path, "checkpoints")
     for name in os.listdir(folder):
         if name.startswith("ckpt-1."):
             os.remove(os.path.join(folder, name))
-    worker = _state(tmp_path, is_chief=False)[0]
+    worker = training_state(tmp_path, is_chief=False)[0]
     with pytest.raises(UserError) as error:
         worker.restore()
     message = str(error.value)
@@ -85,7 +68,7 @@ def test_no_restorable_checkpoint_names_the_work_directory_even_on_a_worker(tmp_
 
 
 def test_a_worker_saves_to_a_temporary_folder_and_removes_it(tmp_path):
-    worker, model, optimizer, step = _state(tmp_path, is_chief=False)
+    worker, model, optimizer, step = training_state(tmp_path, is_chief=False)
     _train_one_step(model, optimizer, step)
     path = worker.save(force=True)
     assert not str(path).startswith(str(tmp_path))
@@ -94,7 +77,7 @@ def test_a_worker_saves_to_a_temporary_folder_and_removes_it(tmp_path):
 
 
 def test_a_save_on_a_full_disk_says_so_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    state, model, optimizer, step = _state(tmp_path)
+    state, model, optimizer, step = training_state(tmp_path)
     _train_one_step(model, optimizer, step)
     state.save(force=True)
     folder = os.path.join(tmp_path, "checkpoints")
@@ -117,4 +100,4 @@ def test_a_save_on_a_full_disk_says_so_and_keeps_the_previous_checkpoint(tmp_pat
     assert message.startswith(f"cannot write {folder}: the disk is full (needed about ")
     assert "for a checkpoint); free space and run the same command again to resume" in message
     assert sorted(os.listdir(folder)) == before  # the failed save's files are gone
-    assert _state(tmp_path)[0].restore() == 1
+    assert training_state(tmp_path)[0].restore() == 1

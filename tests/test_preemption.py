@@ -9,13 +9,13 @@ import os
 import signal
 import threading
 
-from trainer import checkpoint, preemption, train
+from trainer import preemption, train
 
 import pytest
 import tensorflow as tf
 from tensorflow.python.distribute.failure_handling import failure_handling_util
 
-from tests.files import one_device
+from tests.files import one_device, training_state
 
 
 @pytest.mark.parametrize(
@@ -55,19 +55,8 @@ def test_exit_status_of_each_way_to_stop(stopped_by, status):
 
 
 def _state(workdir):
-    """A TrainingState over a tiny Dense model and Adam, restored from `workdir` if it has one."""
-    model = tf.keras.Sequential([tf.keras.Input([3]), tf.keras.layers.Dense(2)])
-    optimizer = tf.keras.optimizers.Adam(0.1)
-    step = tf.Variable(0, dtype=tf.int64, trainable=False)
-    state = checkpoint.TrainingState(
-        str(workdir),
-        step=step,
-        model=model,
-        optimizer=optimizer,
-        is_chief=True,
-        keep=5,
-        every_steps=0,
-    )
+    """`(state, step)` of a tiny run in `workdir`; nothing is restored yet."""
+    state, _, _, step = training_state(workdir, keep=5)
     return state, step
 
 

@@ -229,9 +229,7 @@ def test_the_cache_of_records_serves_the_same_pairs_and_opens_no_shard_the_secon
     records_root, tmp_path, monkeypatch
 ):
     split = records.read_index(records_root)["train"]
-    cached = cache.ensure_cached_records(
-        split, SIZE_PX, str(tmp_path), num_parallel_calls=2, shard=(1, 2)
-    )
+    cached = cache.ensure_cached(split, SIZE_PX, str(tmp_path), num_parallel_calls=2, shard=(1, 2))
     assert len(cached) == NUM_PAIRS
     mine = cached.iloc[1::2]
     assert mine[cache.COLUMN].str.endswith(".pair").all()
@@ -253,9 +251,7 @@ def test_the_cache_of_records_serves_the_same_pairs_and_opens_no_shard_the_secon
         raise AssertionError("a complete cache read a shard")
 
     monkeypatch.setattr(records, "read_records", no_reading)
-    again = cache.ensure_cached_records(
-        split, SIZE_PX, str(tmp_path), num_parallel_calls=2, shard=(1, 2)
-    )
+    again = cache.ensure_cached(split, SIZE_PX, str(tmp_path), num_parallel_calls=2, shard=(1, 2))
     pd.testing.assert_frame_equal(again, cached)
     batches = pipeline.make_dataset(again, _data_config(), _context(1, 2), training=True)
     numbers = {n for images, _ in batches.take(8) for n in _numbers(images)}

@@ -17,9 +17,12 @@ _NEAR = 0.8
 
 
 def leaves(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted path, value) of every field below the groups, placeholders resolved."""
+    """(dotted path, value) of every field below the groups, placeholders resolved.
+
+    A plain dict of groups (a config.json as read back) is walked the same way.
+    """
     for key, value in config.items():
-        if isinstance(value, ml_collections.ConfigDict):
+        if isinstance(value, ml_collections.ConfigDict | dict):
             yield from leaves(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value

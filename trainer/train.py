@@ -168,11 +168,7 @@ def train_and_evaluate(
     if cache_dir is not None:
         # Each input pipeline reads only its shard: this process caches that one.
         train_rows, valid_rows = (
-            (
-                data_cache.ensure_cached_records
-                if isinstance(rows, records.Split)
-                else data_cache.ensure_cached
-            )(
+            data_cache.ensure_cached(
                 rows,
                 config.data.image_size,
                 cache_dir,

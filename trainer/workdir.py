@@ -36,6 +36,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 
+from trainer import config_fields
 from trainer.errors import UserError
 
 import tensorflow as tf
@@ -148,25 +149,15 @@ def changed_fields(stored: dict, config) -> list[str]:
 
     `stored` is a config.json; fields it lacks (added since) are not listed.
     """
-    stored_values = dict(_leaves(stored))
+    stored_values = dict(config_fields.leaves(stored))
     changed = []
-    for path, value in _leaves(config):
+    for path, value in config_fields.leaves(config):
         if path not in stored_values:
             continue
         as_stored = json.loads(json.dumps(value))  # tuples are lists in config.json
         if as_stored != stored_values[path]:
             changed.append(f"{path}: {stored_values[path]!r} -> {as_stored!r}")
     return changed
-
-
-def _leaves(mapping, prefix: str = ""):
-    for key, value in mapping.items():
-        if key == "run":  # the plan and strategy the trainer adds, not a config field
-            continue
-        if hasattr(value, "items"):
-            yield from _leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
 
 
 # ---------------------------------------------------------------- failures

@@ -77,7 +77,7 @@ def read_pair(path: tf.Tensor, size_px: int) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def ensure_cached(
-    frame: pd.DataFrame,
+    frame: pd.DataFrame | records.Split,
     size_px: int,
     folder: str,
     *,
@@ -93,7 +93,8 @@ def ensure_cached(
     cache their own shards. A pair that cannot be decoded gets no file.
 
     Args:
-        frame: manifest rows with `images` and `masks` paths.
+        frame: manifest rows with `images` and `masks` paths, or a records
+            split (see `_ensure_cached_records` for what it gives).
         size_px: the training image size.
         folder: the cache folder (created if missing).
         num_parallel_calls: pairs decoded at once.
@@ -110,6 +111,16 @@ def ensure_cached(
         UserError: the folder cannot be written, a local folder has too little
             free space for the new files, or no pair at all could be decoded.
     """
+    if isinstance(frame, records.Split):
+        return _ensure_cached_records(
+            frame,
+            size_px,
+            folder,
+            num_parallel_calls=num_parallel_calls,
+            shard=shard,
+            resize=resize,
+            num_classes=num_classes,
+        )
     shard_index, num_shards = shard
     rows = np.arange(shard_index, len(frame), num_shards)
     images = frame["images"].astype(str).to_numpy()[rows].tolist()
@@ -128,7 +139,7 @@ def ensure_cached(
     return frame.assign(**{COLUMN: column})
 
 
-def ensure_cached_records(
+def _ensure_cached_records(
     split: records.Split,
     size_px: int,
     folder: str,
@@ -154,11 +165,9 @@ def ensure_cached_records(
     rows = np.arange(shard_index, len(keys), num_shards)
     stamps = {path: _stamp(path) for path in keys["shard"].unique()}
     geometry = _geometry(size_px, resize, num_classes)
+    every_label = [f"{path}#{position}" for path, position in zip(keys["shard"], keys["position"])]
     shard_paths = keys["shard"].to_numpy()[rows]
-    labels = [
-        f"{path}#{position}"
-        for path, position in zip(shard_paths, keys["position"].to_numpy()[rows])
-    ]
+    labels = [every_label[row] for row in rows]
     names = [
         _hashed(f"{FORMAT_VERSION}|{geometry}|record|{label}|{stamps[path]}")
         for label, path in zip(labels, shard_paths)
@@ -179,9 +188,8 @@ def ensure_cached_records(
     _report_failures([i for i, path in enumerate(cached) if not path], labels, labels, len(names))
     column = np.full(len(keys), None, dtype=object)
     column[rows] = cached
-    labels_all = [f"{path}#{position}" for path, position in zip(keys["shard"], keys["position"])]
     return pd.DataFrame(
-        {"images": labels_all, "masks": labels_all, "group": keys["group"], COLUMN: column}
+        {"images": every_label, "masks": every_label, "group": keys["group"], COLUMN: column}
     )
 
 

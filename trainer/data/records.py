@@ -490,13 +490,18 @@ def training_examples(
 
 def _checked_part(shards, split: Split, pipeline_id: int, num_pipelines: int) -> _Part:
     part = pipeline_part(shards, pipeline_id, num_pipelines)
+    _check_part(part, shards, split, num_pipelines)
+    return part
+
+
+def _check_part(part: _Part, shards, split: Split, num_pipelines: int) -> None:
+    """Raises UserError when an input pipeline's part of `shards` holds no record."""
     if part.size == 0:
         raise UserError(
             f"the {split.name} records have {sum(s.count for s in shards)} pairs"
             f"{' in group ' + shards[0].group if shards else ''} for {num_pipelines} input "
             "pipelines (one per worker), and each needs at least one; add data or use fewer workers"
         )
-    return part
 
 
 def evaluation_examples(
@@ -510,7 +515,8 @@ def evaluation_examples(
     """
     num_pipelines = input_context.num_input_pipelines
     parts = [pipeline_part(list(split.shards), k, num_pipelines) for k in range(num_pipelines)]
-    part = _checked_part(list(split.shards), split, input_context.input_pipeline_id, num_pipelines)
+    part = parts[input_context.input_pipeline_id]
+    _check_part(part, list(split.shards), split, num_pipelines)
     examples = _read_in_order(part).map(_parsed)
     return examples, part.size, max(p.size for p in parts)
 
@@ -533,21 +539,21 @@ def read_records(split: Split, rows: list[int]) -> tf.data.Dataset:
 
     Reads only the shards that hold them, each whole, once.
     """
-    wanted = set(rows)
+    rows = np.unique(np.asarray(rows, np.int64))
     starts = np.cumsum([0] + [shard.count for shard in split.shards])
-    chosen = [
-        (number, shard)
-        for number, shard in enumerate(split.shards)
-        if any(row in wanted for row in range(starts[number], starts[number + 1]))
-    ]
-    keep = tf.constant(sorted(wanted), tf.int64)
+    holding = np.unique(np.searchsorted(starts, rows, side="right") - 1)
+    chosen = [(number, split.shards[number]) for number in holding]
+    # One lookup per record, whatever the number of rows wanted.
+    wanted_rows = np.zeros(len(split), bool)
+    wanted_rows[rows] = True
+    wanted = tf.constant(wanted_rows)
 
     def shard_rows(path, first_row):
         records = tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES)
         return records.enumerate(first_row)
 
     def is_wanted(row, _):
-        return tf.reduce_any(tf.equal(keep, row))
+        return wanted[row]
 
     def parsed(row, serialized):
         example = tf.io.parse_single_example(serialized, _FEATURES)
