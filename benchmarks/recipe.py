@@ -68,6 +68,9 @@ VARIANTS = {
     "wide_decoder": {"model.decoder_filters": (256, 128, 64, 32, 16)},
     "ema_0.99": {"train.ema_decay": 0.99},
     "ema_0.995": {"train.ema_decay": 0.995},
+    "pad": {"data.resize": "pad"},
+    "crop_1.5": {"data.resize": "crop", "data.crop_scale": 1.5},
+    "crop_2.2": {"data.resize": "crop", "data.crop_scale": 2.2},
 }
 _HOLDOUT_SEED = 20261130
 _QUICK = {"variants": ["base", "lr_3e-3"], "steps": 4, "holdout_fraction": 0.5}

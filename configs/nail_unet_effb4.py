@@ -20,8 +20,11 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     config.data.image_size = 384  # px; square side the model sees.
-    # stretch: resize each photo to the square | pad: keep its proportions, zero-pad to a square.
+    # stretch: resize each photo to the square | pad: keep its proportions, zero-pad to a square |
+    # crop: keep its proportions, scale its short side to crop_scale * image_size, and train on
+    # random squares of image_size cut from it (predict, evaluate and the export tile it).
     config.data.resize = "stretch"
+    config.data.crop_scale = 2.0
     config.data.batch_size = 32  # global batch (all replicas together).
     config.data.balanced = False  # True: sample the groups (sub-folders) evenly.
     config.data.augment = True  # the seed's albumentations transforms when training.

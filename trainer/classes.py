@@ -90,14 +90,18 @@ class Task:
             ignore_label=self.ignore_label,
         )
 
-    def confusion(self, masks, probabilities, threshold: float = 0.5):
-        """Per-example, per-class `(tp, fp, fn)`, each int32 `[batch, C]`."""
+    def confusion(self, masks, probabilities, threshold: float = 0.5, counted=None):
+        """Per-example, per-class `(tp, fp, fn)`, each int32 `[batch, C]`.
+
+        `counted` (optional, `[batch, h, w, 1]`): pixels where it is 0 count nowhere.
+        """
         return metrics.class_confusion(
             masks,
             probabilities,
             num_classes=self.num_classes,
             ignore_label=self.ignore_label,
             threshold=threshold,
+            counted=counted,
         )
 
     def scores(self, tp, fp, fn) -> dict:

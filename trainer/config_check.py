@@ -166,6 +166,7 @@ def encoder_weights(value) -> str | None:
 FIELDS: dict[str, Check] = {
     "data.image_size": whole(minimum=1),
     "data.resize": choice(decode.RESIZE_MODES),
+    "data.crop_scale": number(minimum=1),
     "data.batch_size": whole(minimum=1),
     "data.balanced": boolean(),
     "data.augment": boolean(),

@@ -40,7 +40,7 @@ sizes aside, whose float rounding in the network may flip a rare pixel).
 
 import os
 
-from trainer import classes, cli, distribute, inference, serving
+from trainer import classes, cli, distribute, inference, serving, tiling
 from trainer import workdir as workdir_lib
 from trainer.data import decode, layout, manifest, pipeline, records
 from trainer.errors import UserError
@@ -135,6 +135,8 @@ def count_confusions(
         channels (1 when binary, else the K classes).
     """
     task = trained.task
+    if trained.resize == "crop":
+        return _cropped_confusions(trained, rows, resolution)
     data_config = ml_collections.ConfigDict(
         {
             "image_size": trained.image_size,
@@ -191,6 +193,40 @@ def count_confusions(
             np.add.at(times_seen, indices, 1)  # counts repeats within a batch too
     if not np.all(times_seen == 1):
         raise RuntimeError(f"evaluation saw images {times_seen.tolist()} times, not once each")
+    return counts
+
+
+def _cropped_confusions(
+    trained: inference.TrainedModel, rows: pd.DataFrame, resolution: str
+) -> np.ndarray:
+    """`count_confusions` of a model trained on squares of photos (`data.resize=crop`).
+
+    Each photo is predicted alone, as predict and the export do: overlapping
+    squares of it scaled, blended (`serving.crop_probabilities`). At 'model'
+    resolution the counts are at the scaled photo's size, the mask resized to it.
+    """
+    task = trained.task
+    size_px, crop_side_px = trained.image_size, trained.crop_side_px
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)] * 2)
+    def photo_confusions(image_path, mask_path):
+        image = decode.decode_image_for_model(tf.io.read_file(image_path), crop_side_px)
+        mask = decode.decode_mask(mask_path, task.num_classes)
+        if resolution == "photo":
+            size = tf.shape(mask)
+            probabilities = serving.crop_probabilities(
+                trained.predict, image, size_px, crop_side_px, size[0], size[1]
+            )
+        else:
+            scaled = decode.scale_image(image, crop_side_px)
+            probabilities = tiling.tiled_probabilities(trained.predict, scaled, size_px)
+            mask = decode.resize_mask(mask, tf.shape(scaled)[:2], task.num_classes)
+        return _confusions(tf.cast(mask, tf.float32)[None], probabilities[None], task)[0]
+
+    counts = np.zeros([len(rows), len(thresholds(task)), task.num_channels, 3], np.int64)
+    paths = zip(rows["images"].astype(str), rows["masks"].astype(str))
+    for index, (image_path, mask_path) in enumerate(paths):
+        counts[index] = photo_confusions(image_path, mask_path).numpy()
     return counts
 
 

@@ -143,6 +143,13 @@ def tflite_metadata(trained: inference.TrainedModel, threshold: float) -> dict:
         "input": "float32 [1, s, s, 3], RGB in 0..1: the photo resized to s x s "
         "(resize 'pad': zero-padded at the bottom and right to a square first)",
     }
+    if trained.resize == "crop":
+        metadata["crop_side"] = trained.crop_side_px
+        metadata["input"] = (
+            "float32 [1, s, s, 3], RGB in 0..1: a square of s x s cut from the photo "
+            "scaled (proportions kept) to a short side of crop_side; cover the photo "
+            "with squares overlapping by a quarter and average their outputs"
+        )
     if task.is_binary:
         metadata["threshold"] = threshold
         metadata["output"] = (
@@ -281,6 +288,7 @@ def main(argv):
             threshold=threshold,
             resize=trained.resize,
             task=trained.task,
+            crop_side_px=trained.crop_side_px,
         )
     else:
         calibration = None

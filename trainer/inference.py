@@ -3,7 +3,8 @@
 `load_trained_model` gives evaluate, predict and export one interface over
   - a work directory: the network rebuilt in float32 from its config.json, with
     the best validation weights (WORKDIR/best/), else the latest checkpoint;
-  - an export (trainer.serving): its `serve_images` signature.
+  - an export (trainer.serving): its `serve_images` signature (`serve_squares`
+    for a model trained on squares cut from photos, `data.resize=crop`).
 """
 
 import dataclasses
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from trainer import best as best_lib
 from trainer import classes, serving
 from trainer import workdir as workdir_lib
+from trainer.data import decode
 from trainer.errors import UserError
 
 import ml_collections
@@ -41,6 +43,8 @@ class TrainedModel:
             export's chosen one (`trainer.export --threshold`), 0.5 for a work
             directory.
         resize: how a photo becomes the model's square (`data.resize`).
+        crop_side_px: under `resize="crop"`, the short side photos are scaled
+            to before squares are cut (`decode.crop_side`); 0 otherwise.
         task: the classes (count, names, ignore label); binary for runs and
             exports made before several classes existed.
     """
@@ -55,6 +59,7 @@ class TrainedModel:
     threshold: float = serving.DEFAULT_THRESHOLD
     resize: str = "stretch"
     task: classes.Task = classes.BINARY
+    crop_side_px: int = 0
 
 
 def model_kind(path: str) -> str:
@@ -130,6 +135,9 @@ def _load_workdir(workdir: str) -> TrainedModel:
         return serving.model_probabilities(model, images)
 
     resize = config["data"].get("resize", "stretch")  # runs before data.resize stretched
+    crop_side_px = 0
+    if resize == "crop":
+        crop_side_px = decode.crop_side(image_size, float(config["data"]["crop_scale"]))
     return TrainedModel(
         predict,
         image_size,
@@ -139,6 +147,7 @@ def _load_workdir(workdir: str) -> TrainedModel:
         keras_model=model,
         resize=resize,
         task=classes.task(config),
+        crop_side_px=crop_side_px,
     )
 
 
@@ -154,13 +163,16 @@ def _load_export(directory: str) -> TrainedModel:
     # Exports made before thresholds were stored used 0.5.
     threshold = float(metadata.get("threshold", serving.DEFAULT_THRESHOLD))
     loaded = tf.saved_model.load(directory)
-    serve_images = loaded.signatures[serving.IMAGES_SIGNATURE]
+    resize = metadata.get("resize", "stretch")
+    # `predict` takes the model's squares: under crop, a photo's squares go to
+    # the network alone (serve_images would scale and tile them once more).
+    name = serving.SQUARES_SIGNATURE if resize == "crop" else serving.IMAGES_SIGNATURE
+    signature = loaded.signatures[name]
 
     def predict(images):
-        return serve_images(images=images)["probabilities"]
+        return signature(images=images)["probabilities"]
 
     logging.info("Loaded the SavedModel %s (%d px, threshold %g)", directory, image_size, threshold)
-    resize = metadata.get("resize", "stretch")
     return TrainedModel(
         predict,
         image_size,
@@ -170,4 +182,5 @@ def _load_export(directory: str) -> TrainedModel:
         threshold=threshold,
         resize=resize,
         task=serving.task_of(metadata),
+        crop_side_px=int(metadata.get("crop_side", 0)),
     )

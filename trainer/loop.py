@@ -189,17 +189,23 @@ def make_eval_fn(
     The batch is `(images, masks, weights)` from `make_dataset(with_weights=True)`;
     padding examples have weight 0. The sums (loss over examples, example count,
     and per-class tp, fp, fn `[C]`) stay exact however the examples are spread
-    over replicas.
+    over replicas. Under `data.resize=crop` the examples are squares of photos
+    and the weights are per pixel `[b, s, s, 1]`: a pixel another square counts
+    is 0, and the loss and count are those of the squares.
     """
 
     def replica_eval(images, masks, weights):
         probabilities = model(images, training=False)
+        counted = None
+        if weights.shape.rank == 4:
+            counted = weights
+            weights = tf.reduce_max(weights, axis=[1, 2, 3])
         loss_sum = tf.reduce_sum(task.loss(masks, probabilities) * weights)
         is_real = tf.cast(weights > 0, tf.int32)
         count = tf.reduce_sum(is_real)
         tp, fp, fn = (
             tf.reduce_sum(c * is_real[:, None], axis=0)
-            for c in task.confusion(masks, probabilities)
+            for c in task.confusion(masks, probabilities, counted=counted)
         )
         return loss_sum, count, tp, fp, fn
 

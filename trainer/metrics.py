@@ -23,7 +23,7 @@ _PER_EXAMPLE_AXES = (1, 2, 3)
 _SPATIAL_AXES = (1, 2)
 
 
-def per_example_confusion(y_true, y_pred, threshold=0.5):
+def per_example_confusion(y_true, y_pred, threshold=0.5, counted=None):
     """Counts true positives, false positives and false negatives of each example.
 
     Args:
@@ -32,6 +32,8 @@ def per_example_confusion(y_true, y_pred, threshold=0.5):
       y_pred: `[batch, height, width, channels]` probabilities, any float dtype.
       threshold: a pixel is predicted foreground when `y_pred > threshold` (strict, as
         in segmentation_models).
+      counted: optional `[batch, height, width, 1]`: pixels where it is 0 count
+        nowhere (the overlap a neighbouring square counts, `trainer.tiling`).
 
     Returns:
       `(tp, fp, fn)`, each a `[batch]` int32 tensor of pixel counts (int32 holds
@@ -47,6 +49,10 @@ def per_example_confusion(y_true, y_pred, threshold=0.5):
     # Compared in float32 so that the threshold means the same under mixed precision.
     truth = tf.cast(y_true, tf.float32) > 0.5
     predicted = tf.cast(y_pred, tf.float32) > threshold
+    if counted is not None:
+        is_counted = tf.cast(counted, tf.float32) > 0
+        truth &= is_counted
+        predicted &= is_counted
 
     def count(mask):
         return tf.reduce_sum(tf.cast(mask, tf.int32), axis=_PER_EXAMPLE_AXES)
@@ -121,7 +127,7 @@ def fscore_from_sums(tp, fp, fn):
     return 2.0 * tp / denominator if denominator > 0 else 1.0
 
 
-def class_confusion(y_true, y_pred, *, num_classes, ignore_label=255, threshold=0.5):
+def class_confusion(y_true, y_pred, *, num_classes, ignore_label=255, threshold=0.5, counted=None):
     """Counts true positives, false positives and false negatives per example and class.
 
     Binary (`num_classes == 1`): `per_example_confusion(y_true, y_pred, threshold)` with a
@@ -142,6 +148,7 @@ def class_confusion(y_true, y_pred, *, num_classes, ignore_label=255, threshold=
       ignore_label: multi-class: pixels with this label count nowhere; None ignores
         nothing.
       threshold: binary only: a pixel is predicted foreground when `y_pred > threshold`.
+      counted: optional `[batch, height, width, 1]`: pixels where it is 0 count nowhere.
 
     Returns:
       `(tp, fp, fn)`, each a `[batch, C]` int32 tensor of pixel counts, C = 1 for binary
@@ -151,7 +158,8 @@ def class_confusion(y_true, y_pred, *, num_classes, ignore_label=255, threshold=
       ValueError: on shapes other than the above.
     """
     if num_classes == 1:
-        return tuple(c[:, tf.newaxis] for c in per_example_confusion(y_true, y_pred, threshold))
+        confusion = per_example_confusion(y_true, y_pred, threshold, counted)
+        return tuple(c[:, tf.newaxis] for c in confusion)
     y_true = tf.convert_to_tensor(y_true)
     y_pred = tf.convert_to_tensor(y_pred)
     if not (
@@ -173,6 +181,10 @@ def class_confusion(y_true, y_pred, *, num_classes, ignore_label=255, threshold=
         valid = tf.cast(tf.not_equal(labels, ignore_label), tf.int32)[..., tf.newaxis]
         truth *= valid
         predicted *= valid
+    if counted is not None:
+        is_counted = tf.cast(tf.cast(counted, tf.float32) > 0, tf.int32)
+        truth *= is_counted
+        predicted *= is_counted
     tp = tf.reduce_sum(truth * predicted, axis=_SPATIAL_AXES)
     fp = tf.reduce_sum(predicted, axis=_SPATIAL_AXES) - tp
     fn = tf.reduce_sum(truth, axis=_SPATIAL_AXES) - tp

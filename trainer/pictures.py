@@ -46,8 +46,12 @@ def take_samples(
     num_samples: int = 8,
     resize: str = "stretch",
     num_classes: int = 1,
+    crop_side_px: int = 0,
 ) -> Samples:
     """Decodes `num_samples` pairs spread evenly over `rows`, as validation decodes them.
+
+    Under `resize="crop"` each sample is the centre square of the model's size
+    cut from the photo scaled to `crop_side_px`.
 
     Rows are sorted by path and groups are folders, so spreading the picks
     shows every group of a large enough set. A records split gives its pairs
@@ -68,7 +72,13 @@ def take_samples(
         ]
     images, masks = [], []
     for image_bytes, mask_bytes, _ in encoded:
-        image, mask = decode.decode_pair(image_bytes, mask_bytes, image_size, resize, num_classes)
+        image, mask = decode.decode_pair(
+            image_bytes, mask_bytes, image_size, resize, num_classes, crop_side_px
+        )
+        if resize == "crop":
+            image, mask = (
+                tf.image.resize_with_crop_or_pad(x, image_size, image_size) for x in (image, mask)
+            )
         images.append(image.numpy())
         masks.append(mask.numpy())
     names = [os.path.basename(path) for _, _, path in encoded]

@@ -125,12 +125,18 @@ def output_names(paths: list[str]) -> list[str]:
 
 
 def make_photo_dataset(
-    paths: list[str], size_px: int, photos_per_batch: int, resize: str = "stretch"
+    paths: list[str],
+    size_px: int,
+    photos_per_batch: int,
+    resize: str = "stretch",
+    crop_side_px: int = 0,
 ) -> tf.data.Dataset:
-    """Batches of `(index, photo, height_width, resized)` for the readable photos.
+    """Batches of `(index, photo, height_width, resized, resized_size)` for the readable photos.
 
     photo: uint8 `[b, H, W, 3]`, the batch's photos zero-padded to the largest;
-    height_width: int32 `[b, 2]`; resized: uint8 `[b, size_px, size_px, 3]`.
+    height_width: int32 `[b, 2]`; resized: uint8 `[b, size_px, size_px, 3]`, or
+    under `resize="crop"` the photos scaled to a short side of `crop_side_px`,
+    zero-padded to the largest; resized_size: int32 `[b, 2]`, their own size.
     Unreadable photos are dropped; their indices are missing from the batches.
     """
 
@@ -138,9 +144,13 @@ def make_photo_dataset(
         encoded = tf.io.read_file(path)
         photo = decode.decode_image_bytes(encoded)  # whole, for the overlay
         # The network's input is made as in training (a large JPEG decoded reduced).
-        for_model = decode.decode_image_for_model(encoded, size_px)
-        resized = decode.to_model_square(for_model, size_px, resize)
-        return index, photo, tf.shape(photo)[:2], resized
+        if resize == "crop":
+            for_model = decode.decode_image_for_model(encoded, crop_side_px)
+            resized = decode.scale_image(for_model, crop_side_px)
+        else:
+            for_model = decode.decode_image_for_model(encoded, size_px)
+            resized = decode.to_model_square(for_model, size_px, resize)
+        return index, photo, tf.shape(photo)[:2], resized, tf.shape(resized)[:2]
 
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -317,16 +327,17 @@ def predict_files(
     # PNG encoding releases the GIL: files are written while the next batch predicts.
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as writers:
         pending, next_index = collections.deque(), 0
-        for indices, photos, sizes, resized in make_photo_dataset(
-            paths, trained.image_size, photos_per_batch, trained.resize
+        for indices, photos, sizes, resized, resized_sizes in make_photo_dataset(
+            paths, trained.image_size, photos_per_batch, trained.resize, trained.crop_side_px
         ):
-            probabilities = predict(resized)
-            for index, photo, (height, width), one in zip(
-                indices.numpy(), photos.numpy(), sizes.numpy(), probabilities
+            for index, photo, (height, width), restored in zip(
+                indices.numpy(),
+                photos.numpy(),
+                sizes.numpy(),
+                _at_photo_sizes(trained, predict, resized, sizes, resized_sizes),
             ):
                 skip(next_index, index)
                 next_index = index + 1
-                restored = serving.resize_probabilities(one, height, width, trained.resize).numpy()
                 pending.append(writers.submit(write, index, photo[:height, :width], restored))
             while len(pending) > 2 * photos_per_batch:  # bounds the photos held in memory
                 pending.popleft().result()
@@ -334,6 +345,21 @@ def predict_files(
         for future in pending:
             future.result()  # raises the first write error, if any
     return skipped
+
+
+def _at_photo_sizes(trained, predict, resized, sizes, resized_sizes):
+    """Each photo's probabilities at its own size, as numpy `[height, width, C]`."""
+    if trained.resize != "crop":
+        for one, (height, width) in zip(predict(resized), sizes.numpy()):
+            yield serving.resize_probabilities(one, height, width, trained.resize).numpy()
+        return
+    for scaled, (height, width), (scaled_height, scaled_width) in zip(
+        resized, sizes.numpy(), resized_sizes.numpy()
+    ):
+        scaled = scaled[:scaled_height, :scaled_width]
+        yield serving.crop_probabilities(
+            predict, scaled, trained.image_size, trained.crop_side_px, height, width
+        ).numpy()
 
 
 def main(argv):

@@ -37,10 +37,20 @@ probabilities and would otherwise receive 4K bytes a pixel instead of 1:
                              labels: uint8 [batch, height, width, 1]
   serve_labels     image_bytes -> labels, height, width (as serving_default's)
 
+An export of a model trained under `data.resize=crop` adds, whatever its classes:
+
+  serve_squares    images: uint8 [batch, s, s, 3], squares cut from photos
+                   scaled as training scaled them (short side `crop_side`)
+                   -> probabilities: float32 [batch, s, s, C], the network alone
+
 Inside the graph an image is resized to the model's square input as training
 resized it (zero-padded to a square first under `data.resize=pad`; area or
 antialiased bilinear, rounded to uint8), divided by 255, and the probabilities
-are resized back (bilinear; the padding cut off). `assets.extra/trainer.json`
+are resized back (bilinear; the padding cut off). Under `data.resize=crop` the
+photo is scaled to training's short side instead, the network runs on
+overlapping squares of it and their probabilities are blended
+(`trainer.tiling`) before they are resized back; the metadata's `crop_side`
+records that short side. `assets.extra/trainer.json`
 records the model's input size, the resize mode, the signatures, the classes
 (`num_classes`, `class_names`, `ignore_label`; `task_of` reads them back) and,
 for a binary model, the threshold (`trainer.export --threshold`, 0.5 unless
@@ -51,7 +61,7 @@ Loading a work directory or an export back for inference is `trainer.inference`.
 
 import os
 
-from trainer import classes
+from trainer import classes, tiling
 from trainer import workdir as workdir_lib
 from trainer.data import decode
 
@@ -62,6 +72,7 @@ DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_THRESHOLD = 0.5
 IMAGES_SIGNATURE = "serve_images"
 LABELS_SIGNATURE = "serve_labels"  # multi-class exports only
+SQUARES_SIGNATURE = "serve_squares"  # `data.resize=crop` exports only
 
 
 # ---------------------------------------------------------------- graph pieces
@@ -80,6 +91,26 @@ def resize_probabilities(probabilities: tf.Tensor, height, width, resize="stretc
     side = tf.maximum(height, width)
     square = tf.image.resize(probabilities, tf.stack([side, side]), antialias=True)
     return square[..., :height, :width, :]
+
+
+def crop_probabilities(predict, image: tf.Tensor, size_px: int, crop_side_px: int, height, width):
+    """Probabilities `[height, width, C]` of one photo under `data.resize=crop`.
+
+    The photo is scaled to the short side training scaled it to, the network
+    sees overlapping squares of it (`tiling.tiled_probabilities`), and the
+    blended probabilities are resized to the photo's `[height, width]`
+    (bilinear).
+
+    Args:
+        predict: uint8 squares `[n, s, s, 3]` -> float32 probabilities `[n, s, s, C]`.
+        image: uint8 `[h, w, 3]`: the photo, possibly decoded reduced.
+        size_px: s, the model's side.
+        crop_side_px: the short side of training's scaled photos (`decode.crop_side`).
+        height, width: the photo's own size.
+    """
+    scaled = decode.scale_image(image, crop_side_px)
+    probabilities = tiling.tiled_probabilities(predict, scaled, size_px)
+    return tf.image.resize(probabilities, tf.stack([height, width]), antialias=True)
 
 
 def model_probabilities(model: tf.keras.Model, images: tf.Tensor) -> tf.Tensor:
@@ -102,10 +133,18 @@ def decision_name(task: classes.Task) -> str:
     return "mask" if task.is_binary else "labels"
 
 
-def signature_names(task: classes.Task) -> list[str]:
-    """The signatures of an export of `task`'s model; a binary one keeps the original two."""
+def signature_names(task: classes.Task, resize: str = "stretch") -> list[str]:
+    """The signatures of an export of `task`'s model; a binary one keeps the original two.
+
+    A model trained on squares cut from photos (`resize="crop"`) adds the
+    network alone on such squares, for clients that tile photos themselves.
+    """
     names = [DEFAULT_SIGNATURE, IMAGES_SIGNATURE]
-    return names if task.is_binary else [*names, LABELS_SIGNATURE]
+    if not task.is_binary:
+        names.append(LABELS_SIGNATURE)
+    if resize == "crop":
+        names.append(SQUARES_SIGNATURE)
+    return names
 
 
 def _check_channels(model: tf.keras.Model, task: classes.Task) -> None:
@@ -123,6 +162,7 @@ def make_signatures(
     threshold: float = DEFAULT_THRESHOLD,
     resize: str = "stretch",
     task: classes.Task = classes.BINARY,
+    crop_side_px: int = 0,
 ) -> dict:
     """The signature functions of an export, by name (module docstring).
 
@@ -131,6 +171,7 @@ def make_signatures(
         threshold: binary only: the probability above which `mask` is 1.
         resize: how the model was trained to see a photo (`data.resize`).
         task: the model's classes; binary by default.
+        crop_side_px: `resize="crop"` only: the short side photos are scaled to.
 
     Raises:
         ValueError: the model's output channels are not the task's.
@@ -146,15 +187,57 @@ def make_signatures(
             return tf.cast(probabilities > threshold, tf.uint8)
         return labels_of(probabilities)
 
+    def predict(squares):
+        return model_probabilities(model, squares)
+
+    def cropped(image, height, width):
+        return crop_probabilities(predict, image, size_px, crop_side_px, height, width)
+
+    probabilities_spec = tf.TensorSpec([None, None, channels], tf.float32)
+
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serve_images(images):
         shape = tf.shape(images)
+        if resize == "crop":
+            restored = tf.map_fn(
+                lambda one: cropped(one, shape[1], shape[2]),
+                images,
+                fn_output_signature=probabilities_spec,
+            )
+            return {"probabilities": restored, decision: decide(restored)}
         square = decode.to_model_square(images, size_px, resize)
         probabilities = model_probabilities(model, square)
         restored = resize_probabilities(probabilities, shape[1], shape[2], resize)
         return {"probabilities": restored, decision: decide(restored)}
 
+    def encoded_cropped_outputs(image_bytes, with_probabilities=True):
+        # Each photo is its own batch of squares; results of different sizes are
+        # gathered ragged and zero-padded to the largest.
+        def one_photo(data):
+            image = decode.decode_image_for_model(data, crop_side_px)
+            size = decode.upright_size(data, image)
+            probabilities = cropped(image, size[0], size[1])
+            as_ragged = lambda x: tf.RaggedTensor.from_tensor(x, ragged_rank=1)  # noqa: E731
+            return as_ragged(probabilities), as_ragged(decide(probabilities)), size
+
+        probabilities, decided, sizes = tf.map_fn(
+            one_photo,
+            image_bytes,
+            fn_output_signature=(
+                tf.RaggedTensorSpec([None, None, channels], tf.float32, ragged_rank=1),
+                tf.RaggedTensorSpec([None, None, 1], tf.uint8, ragged_rank=1),
+                tf.TensorSpec([2], tf.int32),
+            ),
+        )
+        outputs = {decision: decided.to_tensor(), "height": sizes[:, 0], "width": sizes[:, 1]}
+        if with_probabilities:
+            outputs["probabilities"] = probabilities.to_tensor()
+        return outputs
+
     def encoded_outputs(image_bytes, with_probabilities=True):
+        if resize == "crop":
+            return encoded_cropped_outputs(image_bytes, with_probabilities)
+
         def decode_one(data):
             # Upright (EXIF orientation); a large JPEG decoded reduced, as in training.
             image = decode.decode_image_for_model(data, size_px)
@@ -183,7 +266,6 @@ def make_signatures(
             return (tf.pad(one, padding), decided) if with_probabilities else decided
 
         decided_spec = tf.TensorSpec([None, None, 1], tf.uint8)
-        probabilities_spec = tf.TensorSpec([None, None, channels], tf.float32)
         restored = tf.map_fn(
             restore,
             (probabilities, sizes),
@@ -205,10 +287,19 @@ def make_signatures(
         # No probabilities to resize, pad and send: the labels are 1 byte a pixel.
         return encoded_outputs(image_bytes, with_probabilities=False)
 
-    functions = {DEFAULT_SIGNATURE: serve_encoded, IMAGES_SIGNATURE: serve_images}
-    if not task.is_binary:
-        functions[LABELS_SIGNATURE] = serve_labels
-    return {name: functions[name] for name in signature_names(task)}
+    square_spec = tf.TensorSpec([None, size_px, size_px, 3], tf.uint8, name="images")
+
+    @tf.function(input_signature=[square_spec])
+    def serve_squares(images):
+        return {"probabilities": predict(images)}
+
+    functions = {
+        DEFAULT_SIGNATURE: serve_encoded,
+        IMAGES_SIGNATURE: serve_images,
+        LABELS_SIGNATURE: serve_labels,
+        SQUARES_SIGNATURE: serve_squares,
+    }
+    return {name: functions[name] for name in signature_names(task, resize)}
 
 
 # ---------------------------------------------------------------- export
@@ -235,15 +326,22 @@ def task_of(metadata: dict) -> classes.Task:
 
 
 def export_metadata(
-    model: tf.keras.Model, *, threshold: float, resize: str, task: classes.Task
+    model: tf.keras.Model,
+    *,
+    threshold: float,
+    resize: str,
+    task: classes.Task,
+    crop_side_px: int = 0,
 ) -> dict:
     """What `assets.extra/trainer.json` records; a multi-class export has no threshold."""
     metadata = {
         "image_size": int(model.input_shape[1]),
         "resize": resize,
-        "signatures": signature_names(task),
+        "signatures": signature_names(task, resize),
         **task_metadata(task),
     }
+    if resize == "crop":
+        metadata["crop_side"] = int(crop_side_px)
     if task.is_binary:
         metadata["threshold"] = float(threshold)
     return metadata
@@ -256,6 +354,7 @@ def export_saved_model(
     threshold: float = DEFAULT_THRESHOLD,
     resize: str = "stretch",
     task: classes.Task = classes.BINARY,
+    crop_side_px: int = 0,
 ) -> str:
     """Writes `model` as a SavedModel at `directory`, replacing what was there.
 
@@ -270,6 +369,7 @@ def export_saved_model(
             A multi-class export ignores it (the argmax decides).
         resize: how the model was trained to see a photo (`data.resize`).
         task: the model's classes (the run's `classes.task(config)`); binary by default.
+        crop_side_px: `resize="crop"` only: the short side photos are scaled to.
 
     Returns:
         `directory`.
@@ -286,9 +386,11 @@ def export_saved_model(
         needed_bytes=lambda: workdir_lib.variables_bytes(model.weights),
     ):
         try:
-            signatures = make_signatures(model, threshold, resize, task)
+            signatures = make_signatures(model, threshold, resize, task, crop_side_px)
             tf.saved_model.save(model, temporary, signatures=signatures)
-            metadata = export_metadata(model, threshold=threshold, resize=resize, task=task)
+            metadata = export_metadata(
+                model, threshold=threshold, resize=resize, task=task, crop_side_px=crop_side_px
+            )
             workdir_lib.write_json(os.path.join(temporary, METADATA_FILE), metadata)
             _replace_directory(temporary, directory)
         finally:

@@ -176,6 +176,7 @@ def train_and_evaluate(
                 shard=shard,
                 resize=config.data.resize,
                 num_classes=task.num_classes,
+                crop_side_px=pipeline.decoding(config.data, task.num_classes)[-1],
             )
             for rows in (train_rows, valid_rows)
         )
@@ -255,6 +256,7 @@ def train_and_evaluate(
             config.log.num_samples,
             config.data.resize,
             task.num_classes,
+            crop_side_px=pipeline.decoding(config.data, task.num_classes)[-1],
         )
     total_steps = plan["total_steps"]
 
@@ -340,6 +342,7 @@ def train_and_evaluate(
                     is_chief=is_chief,
                     resize=config.data.resize,
                     task=task,
+                    crop_side_px=pipeline.decoding(config.data, task.num_classes)[-1],
                 )
             )
         return results
@@ -365,12 +368,22 @@ def _record_evaluation(save_dir, model, state, writer, step, results, task):
 
 
 def _finish(
-    save_dir: str, model: tf.keras.Model, *, is_chief: bool, resize: str, task: classes.Task
+    save_dir: str,
+    model: tf.keras.Model,
+    *,
+    is_chief: bool,
+    resize: str,
+    task: classes.Task,
+    crop_side_px: int,
 ) -> dict:
     """Exports the best weights as a SavedModel and, on the chief, plots the curves."""
     record = best_lib.load_best_weights(save_dir, model)
     export_dir = serving.export_saved_model(
-        model, os.path.join(save_dir, workdir_lib.EXPORT_DIR), resize=resize, task=task
+        model,
+        os.path.join(save_dir, workdir_lib.EXPORT_DIR),
+        resize=resize,
+        task=task,
+        crop_side_px=crop_side_px,
     )
     if not is_chief:
         return {"best": record, "export_dir": None}

@@ -41,6 +41,7 @@ MODES = ("none", "disk")
 FORMAT_VERSION = 5
 _SUFFIX = ".pair"
 _LOG_EVERY_S = 15.0
+_HEADER_BYTES = 8  # a cropped pair's int32 height and width
 # The column `ensure_cached` adds to a manifest: each row's cache file.
 COLUMN = "cached"
 
@@ -70,9 +71,29 @@ def pair_bytes(size_px: int) -> int:
     return size_px * size_px * 4
 
 
-def read_pair(path: tf.Tensor, size_px: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Reads a cached pair: uint8 image `[s, s, 3]` and uint8 mask `[s, s, 1]`."""
-    pixels = tf.reshape(tf.io.decode_raw(tf.io.read_file(path), tf.uint8), [size_px, size_px, 4])
+def _expected_pair_bytes(size_px: int, how: tuple) -> int:
+    """About the bytes of a cached pair; a cropped one as if its photo were 4:3."""
+    resize, _, crop_side_px = how
+    if resize == "crop":
+        return crop_side_px * crop_side_px * 4 * 4 // 3
+    return pair_bytes(size_px)
+
+
+def read_pair(
+    path: tf.Tensor, size_px: int, resize: str = "stretch"
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Reads a cached pair: uint8 image `[s, s, 3]` and uint8 mask `[s, s, 1]`.
+
+    Under `resize="crop"` the pair has its scaled photo's own `[h, w]`, stored
+    in front of the pixels as two little-endian int32.
+    """
+    content = tf.io.read_file(path)
+    if resize == "crop":
+        size = tf.io.decode_raw(tf.strings.substr(content, 0, _HEADER_BYTES), tf.int32)
+        raw = tf.strings.substr(content, _HEADER_BYTES, -1)
+        pixels = tf.reshape(tf.io.decode_raw(raw, tf.uint8), tf.concat([size, [4]], axis=0))
+    else:
+        pixels = tf.reshape(tf.io.decode_raw(content, tf.uint8), [size_px, size_px, 4])
     return pixels[..., :3], pixels[..., 3:]
 
 
@@ -85,6 +106,7 @@ def ensure_cached(
     shard: tuple[int, int] = (0, 1),
     resize: str = "stretch",
     num_classes: int = 1,
+    crop_side_px: int = 0,
 ) -> pd.DataFrame:
     """Caches the pairs of this input pipeline's shard not cached yet.
 
@@ -101,6 +123,8 @@ def ensure_cached(
         shard: `(shard_index, num_shards)`: the input pipeline this host runs.
         resize: the config's `data.resize` (`decode.RESIZE_MODES`).
         num_classes: `model.num_classes`: binary masks (1) or label indices, cached apart.
+        crop_side_px: `resize="crop"` only: the short side pairs are scaled to
+            (`decode.crop_side`); they are cached at that scale, whole.
 
     Returns:
         A copy of `frame` with a column `COLUMN`: the cache file of each row of
@@ -120,19 +144,22 @@ def ensure_cached(
             shard=shard,
             resize=resize,
             num_classes=num_classes,
+            crop_side_px=crop_side_px,
         )
     shard_index, num_shards = shard
     rows = np.arange(shard_index, len(frame), num_shards)
     images = frame["images"].astype(str).to_numpy()[rows].tolist()
     masks = frame["masks"].astype(str).to_numpy()[rows].tolist()
-    geometry = _geometry(size_px, resize, num_classes)
+    geometry = _geometry(size_px, resize, num_classes, crop_side_px)
     names = _names(images, masks, geometry)
 
     def build(paths, missing):
-        how = (resize, num_classes)
+        how = (resize, num_classes, crop_side_px)
         return _build(images, masks, paths, missing, size_px, how, num_parallel_calls)
 
-    cached = _ensure(names, _size_folder(folder, size_px, resize), build, folder, size_px)
+    cached = _ensure(
+        names, _size_folder(folder, size_px, resize, crop_side_px), build, folder, size_px
+    )
     _report_failures([i for i, path in enumerate(cached) if not path], images, masks, len(names))
     column = np.full(len(frame), None, dtype=object)
     column[rows] = cached
@@ -148,6 +175,7 @@ def _ensure_cached_records(
     shard: tuple[int, int] = (0, 1),
     resize: str = "stretch",
     num_classes: int = 1,
+    crop_side_px: int = 0,
 ) -> pd.DataFrame:
     """`ensure_cached` for a records split: its pairs cached, as a manifest to train from.
 
@@ -164,7 +192,7 @@ def _ensure_cached_records(
     keys = records.record_keys(split)
     rows = np.arange(shard_index, len(keys), num_shards)
     stamps = {path: _stamp(path) for path in keys["shard"].unique()}
-    geometry = _geometry(size_px, resize, num_classes)
+    geometry = _geometry(size_px, resize, num_classes, crop_side_px)
     every_label = [f"{path}#{position}" for path, position in zip(keys["shard"], keys["position"])]
     shard_paths = keys["shard"].to_numpy()[rows]
     labels = [every_label[row] for row in rows]
@@ -181,10 +209,12 @@ def _ensure_cached_records(
             return image, mask, tf.searchsorted(chosen_rows, tf.reshape(row, [1]))[0]
 
         pairs = records.read_records(split, chosen.tolist())
-        how = (resize, num_classes)
+        how = (resize, num_classes, crop_side_px)
         return _build_from(pairs, read, paths, missing, size_px, how, num_parallel_calls)
 
-    cached = _ensure(names, _size_folder(folder, size_px, resize), build, folder, size_px)
+    cached = _ensure(
+        names, _size_folder(folder, size_px, resize, crop_side_px), build, folder, size_px
+    )
     _report_failures([i for i, path in enumerate(cached) if not path], labels, labels, len(names))
     column = np.full(len(keys), None, dtype=object)
     column[rows] = cached
@@ -193,14 +223,16 @@ def _ensure_cached_records(
     )
 
 
-def _size_folder(folder: str, size_px: int, resize: str) -> str:
-    return os.path.join(folder, f"{size_px}px" + ("" if resize == "stretch" else f"_{resize}"))
+def _size_folder(folder: str, size_px: int, resize: str, crop_side_px: int) -> str:
+    how = {"stretch": "", "crop": f"_crop{crop_side_px}"}.get(resize, f"_{resize}")
+    return os.path.join(folder, f"{size_px}px{how}")
 
 
-def _geometry(size_px: int, resize: str, num_classes: int) -> str:
+def _geometry(size_px: int, resize: str, num_classes: int, crop_side_px: int) -> str:
     # Binary entries keep the key they had before label masks existed.
     labels = "" if num_classes == 1 else f"|labels{num_classes}"
-    return f"{size_px}|{resize}{labels}"
+    scale = f"{crop_side_px}" if resize == "crop" else ""
+    return f"{size_px}|{resize}{scale}{labels}"
 
 
 def _ensure(names: list[str], size_folder: str, build, folder: str, size_px: int) -> list[str]:
@@ -258,11 +290,11 @@ def _build_from(pairs, read, paths, missing, size_px, how, num_parallel_calls) -
         read: element -> `(image_bytes, mask_bytes, position)`, run in parallel.
         paths: every row's cache file.
         missing: the rows to write.
-        how: `(resize, num_classes)`, as `decode.decode_pair` takes them.
+        how: `(resize, num_classes, crop_side_px)`, as `decode.decode_pair` takes them.
     """
     workdir.check_free_space(
         os.path.dirname(paths[0]),
-        len(missing) * pair_bytes(size_px),
+        len(missing) * _expected_pair_bytes(size_px, how),
         what="the data cache",
         fix="point --config.data.cache_dir at a larger disk, or turn the cache off with "
         "--config.data.cache=none",
@@ -282,7 +314,7 @@ def _build_from(pairs, read, paths, missing, size_px, how, num_parallel_calls) -
         "Data cache: %d pairs written in %.1f s (%.0f MiB)",
         len(written),
         time.monotonic() - started,
-        len(written) * pair_bytes(size_px) / 2**20,
+        len(written) * _expected_pair_bytes(size_px, how) / 2**20,
     )
     return [index for position, index in enumerate(missing) if position not in written]
 
@@ -342,7 +374,8 @@ def _write_decoded(pairs, read, paths, size_px, how, num_parallel_calls) -> set[
 
     `read` turns an element of `pairs` into `(image_bytes, mask_bytes, index)`,
     the index into `paths`; an element that fails is left out, never shifting
-    the others. `how` is `(resize, num_classes)`, as `decode.decode_pair` takes them.
+    the others. `how` is `(resize, num_classes, crop_side_px)`, as `decode.decode_pair`
+    takes them.
     """
 
     def load(*element):
@@ -359,7 +392,10 @@ def _write_decoded(pairs, read, paths, size_px, how, num_parallel_calls) -> set[
     for image, mask, index in dataset.as_numpy_iterator():
         # Atomic: runs sharing the folder may cache the same pair at once, with
         # identical bytes; a killed run leaves no half file.
-        workdir.write_bytes(paths[index], np.concatenate([image, mask], axis=-1).tobytes())
+        content = np.concatenate([image, mask], axis=-1).tobytes()
+        if how[0] == "crop":
+            content = np.asarray(image.shape[:2], "<i4").tobytes() + content
+        workdir.write_bytes(paths[index], content)
         written.add(int(index))
         if time.monotonic() - last_log > _LOG_EVERY_S:
             logging.info("Data cache: %d of %d pairs written", len(written), len(paths))

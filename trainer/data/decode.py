@@ -20,8 +20,10 @@ from PIL import Image
 BINARY_THRESHOLD = 127  # masks saved as 0/255 images; JPEG noise lands on either side.
 # How a photo becomes the model's square (`data.resize`): "stretch" resizes it to
 # the square, changing its proportions; "pad" first zero-pads it at the bottom
-# and right to a square of its long side, keeping them.
-RESIZE_MODES = ("stretch", "pad")
+# and right to a square of its long side, keeping them; "crop" scales it to a
+# fixed short side (`crop_side`), keeping them, and the model sees squares cut
+# from it (random crops in training, overlapping tiles in prediction: tiling.py).
+RESIZE_MODES = ("stretch", "pad", "crop")
 
 # TensorFlow's decoders ignore EXIF (tensorflow/tensorflow#8430), and PIL inside
 # tf.data would hold the GIL and cannot go into a SavedModel, so the tag is read
@@ -197,6 +199,40 @@ def load_image(path: tf.Tensor, size_px: int, resize: str = "stretch") -> tf.Ten
     return to_model_square(decode_image_for_model(tf.io.read_file(path), size_px), size_px, resize)
 
 
+def crop_side(size_px: int, crop_scale: float) -> int:
+    """The short side, in px, a photo is scaled to under `data.resize=crop`.
+
+    Args:
+        size_px: the model's input side (`data.image_size`).
+        crop_scale: `data.crop_scale` (>= 1): the short side as a multiple of it.
+    """
+    return max(size_px, int(round(size_px * crop_scale)))
+
+
+def scaled_size(height: tf.Tensor, width: tf.Tensor, short_side: int) -> tf.Tensor:
+    """int32 `[2]`: a photo's `[height, width]` scaled so its short side is `short_side`."""
+    height, width = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    scale = short_side / tf.minimum(height, width)
+    size = tf.stack([tf.round(height * scale), tf.round(width * scale)])
+    return tf.maximum(tf.cast(size, tf.int32), short_side)
+
+
+def scale_image(image: tf.Tensor, short_side: int) -> tf.Tensor:
+    """Resizes a uint8 image `[h, w, 3]` to its short side `short_side`, keeping its proportions.
+
+    As `resize_image`: area when shrinking, antialiased bilinear when enlarging.
+    """
+    shape = tf.shape(image)
+    size = scaled_size(shape[0], shape[1], short_side)
+    shrinking = tf.minimum(shape[0], shape[1]) >= short_side
+    resized = tf.cond(
+        shrinking,
+        lambda: tf.image.resize(image, size, method="area"),
+        lambda: tf.image.resize(image, size, antialias=True),
+    )
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
 def pad_to_square(image: tf.Tensor) -> tf.Tensor:
     """Zero-pads images `[..., h, w, c]` at the bottom and right to a square of the long side."""
     height, width = tf.shape(image)[-3], tf.shape(image)[-2]
@@ -308,15 +344,20 @@ def resize_image(image: tf.Tensor, size_px: int) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
-def resize_mask(mask: tf.Tensor, size_px: int, num_classes: int = 1) -> tf.Tensor:
-    """Resizes a mask `[h, w, 1]` to uint8 `[size_px, size_px, 1]`.
+def resize_mask(mask: tf.Tensor, size, num_classes: int = 1) -> tf.Tensor:
+    """Resizes a mask `[h, w, 1]` to uint8 `[size, size, 1]` (or `[height, width, 1]`).
 
     Binary: bilinear, re-binarised at 0.5 (smooth edges). Label indices:
     nearest neighbour, so that no pixel gets a label between two others.
+
+    Args:
+        size: an int side, or `[height, width]`.
     """
+    if isinstance(size, int):
+        size = [size, size]
     if num_classes > 1:
-        return tf.image.resize(mask, [size_px, size_px], method="nearest")
-    mask = tf.image.resize(tf.cast(mask, tf.float32), [size_px, size_px])
+        return tf.image.resize(mask, size, method="nearest")
+    mask = tf.image.resize(tf.cast(mask, tf.float32), size)
     return tf.cast(mask >= 0.5, tf.uint8)
 
 
@@ -326,10 +367,16 @@ def load_pair(
     size_px: int,
     resize: str = "stretch",
     num_classes: int = 1,
+    crop_side_px: int = 0,
 ):
     """Reads an image file and its mask file as `decode_pair` decodes their bytes."""
     return decode_pair(
-        tf.io.read_file(image_path), tf.io.read_file(mask_path), size_px, resize, num_classes
+        tf.io.read_file(image_path),
+        tf.io.read_file(mask_path),
+        size_px,
+        resize,
+        num_classes,
+        crop_side_px,
     )
 
 
@@ -339,20 +386,28 @@ def decode_pair(
     size_px: int,
     resize: str = "stretch",
     num_classes: int = 1,
+    crop_side_px: int = 0,
 ):
     """Decodes an image and its mask and resizes both, as training and evaluation see them.
 
     Args:
         image_bytes, mask_bytes: the pair's encoded files (read from a folder or a record).
         size_px: the model's input side.
-        resize: "stretch" or "pad" (`RESIZE_MODES`); padding is background in the mask.
+        resize: `RESIZE_MODES`; under "pad" the padding is background in the mask.
         num_classes: the model's classes: 1 reads a binary mask, more read label indices.
+        crop_side_px: "crop" only: the short side both are scaled to (`crop_side`).
 
     Returns:
         uint8 image `[size_px, size_px, 3]`, uint8 mask `[size_px, size_px, 1]`: in
-        {0, 1} when binary, label indices otherwise.
+        {0, 1} when binary, label indices otherwise. Under "crop", both are
+        `[height, width, ...]` with a short side of `crop_side_px`, the photo's
+        proportions kept; `tiling` cuts the model's squares from them.
     """
     mask = decode_mask_bytes(mask_bytes, num_classes)
+    if resize == "crop":
+        image = scale_image(decode_image_for_model(image_bytes, crop_side_px), crop_side_px)
+        size = tf.shape(image)[:2]
+        return image, resize_mask(mask, size, num_classes)
     if resize == "pad":
         mask = pad_to_square(mask)
     image = to_model_square(decode_image_for_model(image_bytes, size_px), size_px, resize)

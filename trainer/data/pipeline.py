@@ -18,6 +18,7 @@ Only file names are ever shuffled: a buffer of decoded photos (the seed's
 
 import os
 
+from trainer import tiling
 from trainer.data import augment, cache, decode, records
 from trainer.errors import UserError
 
@@ -127,13 +128,20 @@ def make_dataset(
         ds = _records_examples(frame, data_config, input_context, **reading)
     else:
         ds = _folder_examples(frame, data_config, input_context, **reading)
+    cropping = data_config.resize == "crop"
+    size_px = data_config.image_size
     if training:
         # prepare checked every file; one damaged since then must not end a long run.
         ds = ds.ignore_errors(log_warning=True)
+        if cropping:
+            ds = ds.map(_random_crop_fn(size_px), num_parallel_calls=num_parallel_calls)
         if data_config.augment:
-            ds = ds.map(_augment_fn(data_config.image_size), num_parallel_calls=num_parallel_calls)
+            ds = ds.map(_augment_fn(size_px), num_parallel_calls=num_parallel_calls)
         else:
             ds = ds.map(lambda image, mask, _: (image, mask))
+    elif cropping:
+        ds = ds.map(_validation_tiles_fn(size_px), num_parallel_calls=num_parallel_calls)
+        ds = ds.unbatch()
     ds = ds.map(_to_model_inputs_keeping_weight, num_parallel_calls=num_parallel_calls)
     ds = ds.batch(per_replica_batch_size, drop_remainder=training or with_weights)
     return ds.prefetch(prefetch_batches)
@@ -155,6 +163,7 @@ def _folder_examples(
     """Decoded pairs of a manifest's rows: `(image, mask, example_seed)` when training,
     `(image, mask, weight)` with weights, `(image, mask)` otherwise; uint8, model-sized."""
     size_px = data_config.image_size
+    how = decoding(data_config, num_classes)
     num_pipelines = input_context.num_input_pipelines
     num_pairs = len(frame)
     shard_size_max = -(-num_pairs // num_pipelines)
@@ -170,12 +179,7 @@ def _folder_examples(
         masks = tf.constant(frame["masks"].astype(str).to_numpy())
 
         def load(index, example_seed):
-            return (
-                *decode.load_pair(
-                    images[index], masks[index], size_px, data_config.resize, num_classes
-                ),
-                example_seed,
-            )
+            return (*decode.load_pair(images[index], masks[index], *how), example_seed)
 
     else:
         if frame[cache.COLUMN].isna().any():
@@ -187,7 +191,7 @@ def _folder_examples(
         cached = tf.constant(frame[cache.COLUMN].astype(str).to_numpy())
 
         def load(index, example_seed):
-            return (*cache.read_pair(cached[index], size_px), example_seed)
+            return (*cache.read_pair(cached[index], size_px, how[1]), example_seed)
 
     if training:
         pipeline_salt = input_context.input_pipeline_id * _PIPELINE_SALT
@@ -223,11 +227,10 @@ def _records_examples(
 ) -> tf.data.Dataset:
     """`_folder_examples` for a records split: the pairs' bytes come from its shards."""
 
+    how = decoding(data_config, num_classes)
+
     def decoded(image_bytes, mask_bytes, *extra):
-        pair = decode.decode_pair(
-            image_bytes, mask_bytes, data_config.image_size, data_config.resize, num_classes
-        )
-        return (*pair, *extra)
+        return (*decode.decode_pair(image_bytes, mask_bytes, *how), *extra)
 
     if training:
         pipeline_salt = input_context.input_pipeline_id * _PIPELINE_SALT
@@ -253,6 +256,41 @@ def _records_examples(
         padding = examples.take(1).map(lambda image, mask: (image, mask, 0.0))
         examples = real.concatenate(padding.repeat(padded_size - count))
     return examples.map(decoded, num_parallel_calls=num_parallel_calls)
+
+
+def decoding(data_config: ml_collections.ConfigDict, num_classes: int) -> tuple:
+    """The arguments after the bytes of `decode.decode_pair` for this data config.
+
+    `(size_px, resize, num_classes, crop_side_px)`; configs written before
+    `data.crop_scale` existed never crop.
+    """
+    size_px = data_config.image_size
+    crop_side_px = 0
+    if data_config.resize == "crop":
+        crop_side_px = decode.crop_side(size_px, data_config.crop_scale)
+    return size_px, data_config.resize, num_classes, crop_side_px
+
+
+def _random_crop_fn(size_px: int):
+    def crop(image, mask, example_seed):
+        return (*tiling.random_crop(image, mask, example_seed, size_px), example_seed)
+
+    return crop
+
+
+def _validation_tiles_fn(size_px: int):
+    """A scaled pair -> its validation squares (`tiling.validation_tiles`), as a batch.
+
+    A weight per example becomes one per pixel: the example's times `counted`.
+    """
+
+    def tiles(image, mask, *weight):
+        images, masks, counted = tiling.validation_tiles(image, mask, size_px)
+        if not weight:
+            return images, masks
+        return images, masks, counted * weight[0]
+
+    return tiles
 
 
 def _to_model_inputs_keeping_weight(image, mask, *weight):
