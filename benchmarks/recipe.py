@@ -21,9 +21,11 @@ no checkpoint is chosen on valid/ either).
 
 The data set is never copied: each run reads it through a folder of links.
 IoU is the pooled IoU (tp / (tp + fp + fn) over all pixels at threshold 0.5)
-at the model's input size, as the trainer's validation computes it; minutes
-are the wall time of `train.train_and_evaluate`, data cache and evaluations
-included.
+at the model's input size, as the trainer's validation computes it; "IoU at
+photo size" counts every pixel of each scored photo at its own size with the
+best evaluation's weights, as `trainer.evaluate` does, which compares resize
+modes on equal terms; minutes are the wall time of `train.train_and_evaluate`,
+data cache and evaluations included.
 """
 
 import os
@@ -109,6 +111,24 @@ def linked_data_root(data_root: str, folder: str, *, final: bool, holdout_fracti
     return str(root)
 
 
+def _photo_size_iou(workdir: str, data_root: str) -> float:
+    """The pooled IoU at each scored photo's own size, as `trainer.evaluate` counts it.
+
+    Validation during training counts at the model's size (stretch, pad) or at
+    the scaled photo's (crop); this figure compares the resize modes on equal terms.
+    """
+    from trainer import evaluate, inference
+
+    import tensorflow as tf
+
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        trained = inference.load_trained_model(workdir)
+    rows = evaluate.select_rows(data_root, "valid", fallback_dir=workdir, task=trained.task)
+    counts = evaluate.count_confusions(trained, rows, strategy, global_batch_size=8)
+    return evaluate.summarize(rows, counts, trained.task)["iou"]
+
+
 def run_child(variant: str) -> dict:
     """Trains one variant from scratch and scores its last evaluation."""
     from trainer import report as report_lib
@@ -130,6 +150,7 @@ def run_child(variant: str) -> dict:
         strategy=tf.distribute.OneDeviceStrategy("/cpu:0"),
     )
     minutes = (time.perf_counter() - started) / 60
+    photo_iou = _photo_size_iou(workdir, data_root)
     records = report_lib.read_metrics(os.path.join(workdir, workdir_lib.METRICS_FILE))
     evaluations = [r for r in records if r["split"] == "valid"]
     last = evaluations[-1]
@@ -141,6 +162,7 @@ def run_child(variant: str) -> dict:
         "iou": last["iou"],
         "fscore": last["fscore"],
         "best_iou": max(r["iou"] for r in evaluations),
+        "photo_iou": photo_iou,
         "iou_by_step": {r["step"]: round(r["iou"], 4) for r in evaluations},
     }
 
@@ -227,6 +249,7 @@ _COLUMNS = [
     report.Column("iou", "IoU (last)", ".4f"),
     report.Column("fscore", "F1 (last)", ".4f"),
     report.Column("best_iou", "IoU (best eval)", ".4f"),
+    report.Column("photo_iou", "IoU at photo size (best eval's weights)", ".4f"),
 ]
 
 
