@@ -118,6 +118,11 @@ def test_training_squares_are_seeded_by_position_and_keep_mask_and_photo_aligned
     # Eight squares from three photos: some photo is cut at two places.
     squares = {images[i].tobytes() for images, _ in run for i in range(2)}
     assert len(squares) == 8
+    # A resumed run (3 examples seen) cuts the squares the uninterrupted one cut.
+    resumed = pipeline.make_dataset(photos, config, training=True, seed=3, skip_examples=3)
+    images, masks = next(iter(resumed))
+    np.testing.assert_array_equal(images[0], run[1][0][1])
+    np.testing.assert_array_equal(images[1], run[2][0][0])
 
 
 def _counted_pixels(photos):
@@ -239,3 +244,49 @@ def test_a_work_directory_trained_on_squares_is_loaded_with_its_crop_side(tmp_pa
     squares = _blocks((test_serving.SIZE_PX, test_serving.SIZE_PX), 3)[None]
     expected = network(tf.constant(squares, tf.float32) / 255.0, training=False)
     np.testing.assert_allclose(trained.predict(squares), expected, atol=1e-5)
+
+
+def test_int8_calibration_sees_squares_of_the_scaled_photos(photos):
+    from trainer import export as export_lib
+
+    images = export_lib.calibration_images(photos, SIZE_PX, 3, "crop", CROP_SIDE)
+    assert images.shape == (3, SIZE_PX, SIZE_PX, 3)
+    centre = _blocks(SHAPES[0], 0)[4:36, 16:48]  # a 40 x 64 photo's centre square of 32
+    np.testing.assert_array_equal(images[0], centre.astype(np.float32) / 255.0)
+
+
+@pytest.mark.slow
+def test_a_crop_run_on_two_devices_resumes_and_its_export_evaluates_as_its_work_directory(
+    tmp_path, synthetic_root, tiny_args, run_module
+):
+    workdir = tmp_path / "run"
+    args = [
+        *tiny_args,
+        "--config.data.resize=crop",
+        "--config.data.crop_scale=1.5",
+        f"--data_root={synthetic_root}",
+        f"--workdir={workdir}",
+        "--strategy=mirrored",
+        "--num_cpu_devices=2",
+    ]
+    process = run_module("train", *args, "--config.train.steps=2")
+    assert process.returncode == 0, process.stderr[-3000:]
+    process = run_module("train", *args, "--config.train.steps=4")
+    assert process.returncode == 0, process.stderr[-3000:]
+    valid = [r for r in files.metrics_records(workdir) if r["split"] == "valid"]
+    assert [r["step"] for r in valid] == [2, 4]
+    assert os.listdir(workdir / "cache") == ["64px_crop96"]
+
+    summaries = []
+    for index, model in enumerate((workdir, workdir / "export")):
+        output_dir = tmp_path / f"eval_{index}"
+        process = run_module(
+            "evaluate",
+            f"--model={model}",
+            f"--data_root={synthetic_root}",
+            f"--output_dir={output_dir}",
+        )
+        assert process.returncode == 0, process.stderr[-3000:]
+        summaries.append(workdir_lib.read_json(str(output_dir / "summary.json")))
+    assert summaries[0]["tp"] == summaries[1]["tp"] and summaries[0]["fp"] == summaries[1]["fp"]
+    assert summaries[0]["num_images"] == summaries[1]["num_images"] > 0

@@ -58,6 +58,7 @@ def mask_iou(a, b):
     return np.logical_and(a, b).sum() / max(np.logical_or(a, b).sum(), 1)
 
 
+@pytest.mark.slow  # 18 s: converting to TFLite
 @pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
 def test_tflite_float16_masks_agree_with_the_saved_model(
     workdir, saved_model, synthetic_images, tmp_path, run_module

@@ -112,6 +112,7 @@ def test_repeat_upsampling_equals_nearest_upsampling():
     np.testing.assert_array_equal(model_lib.RepeatUpsampling2D(size=2)(features), expected)
 
 
+@pytest.mark.slow  # 8 s: compiling the U-Net with XLA
 def test_unet_trains_under_xla(unet):
     # UpSampling2D's gradient has no XLA kernel off TPU; the rebuilt layers do.
     assert not any(isinstance(layer, tf.keras.layers.UpSampling2D) for layer in unet.layers)

@@ -31,8 +31,10 @@ better a split of its own).
 
 The .tflite file's metadata (entry "trainer", JSON) holds image_size, resize,
 the classes (num_classes, class_names, ignore_label, as in the SavedModel's
-trainer.json), a binary model's threshold, and the input and output described
-in words.
+trainer.json), a binary model's threshold, crop_side for a model trained on
+squares cut from photos (`data.resize=crop`: the .tflite file is the network
+on one square; the client tiles the photo), and the input and output
+described in words.
 """
 
 import json
@@ -219,11 +221,17 @@ def calibration_rows(trained: inference.TrainedModel, data_root: str | None) -> 
 
 
 def calibration_images(
-    rows: pd.DataFrame, size_px: int, count: int, resize: str = "stretch"
+    rows: pd.DataFrame, size_px: int, count: int, resize: str = "stretch", crop_side_px: int = 0
 ) -> np.ndarray:
-    """float32 `[n, size_px, size_px, 3]` in 0..1: up to `count` rows spread over the manifest."""
+    """float32 `[n, size_px, size_px, 3]` in 0..1: up to `count` rows spread over the manifest.
+
+    As the model sees them (`decode.load_image`): under `resize="crop"` a square
+    of each photo scaled to `crop_side_px`.
+    """
     chosen = np.unique(np.linspace(0, len(rows) - 1, num=min(count, len(rows))).round().astype(int))
-    images = [decode.load_image(rows["images"].iloc[i], size_px, resize) for i in chosen]
+    images = [
+        decode.load_image(rows["images"].iloc[i], size_px, resize, crop_side_px) for i in chosen
+    ]
     return np.stack([image.numpy() for image in images]).astype(np.float32) / 255.0
 
 
@@ -295,7 +303,11 @@ def main(argv):
         if FLAGS.quantize == "int8":
             rows = calibration_rows(trained, FLAGS.data_root)
             calibration = calibration_images(
-                rows, trained.image_size, FLAGS.num_calibration_images, trained.resize
+                rows,
+                trained.image_size,
+                FLAGS.num_calibration_images,
+                trained.resize,
+                trained.crop_side_px,
             )
             logging.info("Calibrating int8 on %d training images", len(calibration))
         payload = tflite_bytes(

@@ -194,9 +194,18 @@ def decode_image_for_model(encoded: tf.Tensor, size_px: int) -> tf.Tensor:
     return apply_orientation(tf.ensure_shape(image, [None, None, 3]), exif_orientation(encoded))
 
 
-def load_image(path: tf.Tensor, size_px: int, resize: str = "stretch") -> tf.Tensor:
-    """Reads an image file as the model sees it: uint8 `[size_px, size_px, 3]`, upright."""
-    return to_model_square(decode_image_for_model(tf.io.read_file(path), size_px), size_px, resize)
+def load_image(
+    path: tf.Tensor, size_px: int, resize: str = "stretch", crop_side_px: int = 0
+) -> tf.Tensor:
+    """Reads an image file as the model sees it: uint8 `[size_px, size_px, 3]`, upright.
+
+    Under `resize="crop"`: the centre square of the photo scaled to `crop_side_px`.
+    """
+    encoded = tf.io.read_file(path)
+    if resize == "crop":
+        scaled = scale_image(decode_image_for_model(encoded, crop_side_px), crop_side_px)
+        return tf.image.resize_with_crop_or_pad(scaled, size_px, size_px)
+    return to_model_square(decode_image_for_model(encoded, size_px), size_px, resize)
 
 
 def crop_side(size_px: int, crop_scale: float) -> int:
