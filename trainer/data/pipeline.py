@@ -7,7 +7,8 @@ Order of operations (training):
   3. skip the examples a resumed run has already seen (file names only: cheap),
   4. decode and resize with TF ops in parallel (trainer/data/decode.py), or,
      when the rows carry a `cached` column (`cache.ensure_cached`), read the
-     pair decoded and resized once before,
+     pair decoded and resized once before; under `data.resize=crop`, cut a
+     random square of the scaled pair (seeded by the stream position),
   5. augment with albumentations (seeded by the example's stream position),
   6. batch at the per-replica size with `drop_remainder`, prefetch.
 Validation decodes and resizes only, in file order, keeping the last partial batch.
@@ -109,6 +110,10 @@ def make_dataset(
         Batches of `(image, mask)`: image float32 `[b, s, s, 3]` in 0..1, mask
         float32 `[b, s, s, 1]` in {0, 1} (binary) or holding label indices, b the
         per-replica batch size; with `with_weights`, batches of `(image, mask, weight)`.
+        Under `data.resize=crop` the examples are squares cut from the scaled
+        photos (`trainer.tiling`): one random square per training example; a
+        photo's validation squares one after the other, each weight then per
+        pixel, `[b, s, s, 1]`, 0 where a neighbouring square counts the pixel.
     """
     input_context = input_context or tf.distribute.InputContext()
     per_replica_batch_size = input_context.get_per_replica_batch_size(data_config.batch_size)
