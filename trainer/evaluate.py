@@ -36,6 +36,12 @@ of all foreground classes together.
 Counts are exact integer sums, gathered per image from every replica and
 padding excluded, so one device and several give the same figures (batch
 sizes aside, whose float rounding in the network may flip a rare pixel).
+
+A model trained on squares cut from photos (`data.resize=crop`) is evaluated
+as predict and the export use it: each photo alone, as overlapping squares of
+it scaled whose probabilities are blended (`trainer.tiling`); the squares of a
+photo are one batch, not spread over replicas. --resolution=model then
+counts at the scaled photo's size.
 """
 
 import os
