@@ -135,9 +135,6 @@ def _load_workdir(workdir: str) -> TrainedModel:
         return serving.model_probabilities(model, images)
 
     resize = config["data"].get("resize", "stretch")  # runs before data.resize stretched
-    crop_side_px = 0
-    if resize == "crop":
-        crop_side_px = decode.crop_side(image_size, float(config["data"]["crop_scale"]))
     return TrainedModel(
         predict,
         image_size,
@@ -147,7 +144,7 @@ def _load_workdir(workdir: str) -> TrainedModel:
         keras_model=model,
         resize=resize,
         task=classes.task(config),
-        crop_side_px=crop_side_px,
+        crop_side_px=decode.crop_side_of(config["data"]),
     )
 
 

@@ -135,8 +135,10 @@ def make_photo_dataset(
 
     photo: uint8 `[b, H, W, 3]`, the batch's photos zero-padded to the largest;
     height_width: int32 `[b, 2]`; resized: uint8 `[b, size_px, size_px, 3]`, or
-    under `resize="crop"` the photos scaled to a short side of `crop_side_px`,
-    zero-padded to the largest; resized_size: int32 `[b, 2]`, their own size.
+    under `resize="crop"` the photos as decoded for a short side of at least
+    `crop_side_px` (a large JPEG reduced; `serving.crop_probabilities` scales
+    and tiles them), zero-padded to the largest; resized_size: int32 `[b, 2]`,
+    their own size.
     Unreadable photos are dropped; their indices are missing from the batches.
     """
 
@@ -145,8 +147,7 @@ def make_photo_dataset(
         photo = decode.decode_image_bytes(encoded)  # whole, for the overlay
         # The network's input is made as in training (a large JPEG decoded reduced).
         if resize == "crop":
-            for_model = decode.decode_image_for_model(encoded, crop_side_px)
-            resized = decode.scale_image(for_model, crop_side_px)
+            resized = decode.decode_image_for_model(encoded, crop_side_px)
         else:
             for_model = decode.decode_image_for_model(encoded, size_px)
             resized = decode.to_model_square(for_model, size_px, resize)
@@ -353,12 +354,12 @@ def _at_photo_sizes(trained, predict, resized, sizes, resized_sizes):
         for one, (height, width) in zip(predict(resized), sizes.numpy()):
             yield serving.resize_probabilities(one, height, width, trained.resize).numpy()
         return
-    for scaled, (height, width), (scaled_height, scaled_width) in zip(
+    for for_model, (height, width), (decoded_height, decoded_width) in zip(
         resized, sizes.numpy(), resized_sizes.numpy()
     ):
-        scaled = scaled[:scaled_height, :scaled_width]
+        for_model = for_model[:decoded_height, :decoded_width]
         yield serving.crop_probabilities(
-            predict, scaled, trained.image_size, trained.crop_side_px, height, width
+            predict, for_model, trained.image_size, trained.crop_side_px, height, width
         ).numpy()
 
 

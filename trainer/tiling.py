@@ -43,8 +43,11 @@ def tile_starts(length: tf.Tensor, size_px: int, overlap: float) -> tf.Tensor:
 
 def tile_origins(height: tf.Tensor, width: tf.Tensor, size_px: int, overlap: float) -> tf.Tensor:
     """int32 `[n, 2]`: the (row, column) origin of each square, row by row."""
-    rows = tile_starts(height, size_px, overlap)
-    columns = tile_starts(width, size_px, overlap)
+    return _grid(tile_starts(height, size_px, overlap), tile_starts(width, size_px, overlap))
+
+
+def _grid(rows: tf.Tensor, columns: tf.Tensor) -> tf.Tensor:
+    """int32 `[len(rows) * len(columns), 2]`: every (row, column) pair, row by row."""
     grid_rows, grid_columns = tf.meshgrid(rows, columns, indexing="ij")
     return tf.reshape(tf.stack([grid_rows, grid_columns], axis=-1), [-1, 2])
 
@@ -115,7 +118,7 @@ def validation_tiles(image: tf.Tensor, mask: tf.Tensor, size_px: int):
     height = width = side
     rows = tile_starts(height, size_px, 0.0)
     columns = tile_starts(width, size_px, 0.0)
-    origins = tile_origins(height, width, size_px, 0.0)
+    origins = _grid(rows, columns)
     row_owned = _owned(rows, height, size_px)
     column_owned = _owned(columns, width, size_px)
     counted = row_owned[:, None, :, None] * column_owned[None, :, None, :]

@@ -35,7 +35,7 @@ from trainer import (
 from trainer import model as model_lib
 from trainer import workdir as workdir_lib
 from trainer.data import cache as data_cache
-from trainer.data import layout, manifest, pipeline, records
+from trainer.data import decode, layout, manifest, pipeline, records
 from trainer.plan import is_due, run_plan, steps_until_event
 
 import ml_collections
@@ -157,6 +157,7 @@ def train_and_evaluate(
 
     # --- Data -------------------------------------------------------------------
     task = classes.task(config)
+    crop_side_px = decode.crop_side_of(config.data)
     train_rows, valid_rows = read_data(config, data_root, workdir)
     on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
     plan = run_plan(config, len(train_rows), strategy.num_replicas_in_sync, on_tpu=on_tpu)
@@ -176,7 +177,7 @@ def train_and_evaluate(
                 shard=shard,
                 resize=config.data.resize,
                 num_classes=task.num_classes,
-                crop_side_px=pipeline.decoding(config.data, task.num_classes)[-1],
+                crop_side_px=crop_side_px,
             )
             for rows in (train_rows, valid_rows)
         )
@@ -256,7 +257,7 @@ def train_and_evaluate(
             config.log.num_samples,
             config.data.resize,
             task.num_classes,
-            crop_side_px=pipeline.decoding(config.data, task.num_classes)[-1],
+            crop_side_px=crop_side_px,
         )
     total_steps = plan["total_steps"]
 
@@ -342,7 +343,7 @@ def train_and_evaluate(
                     is_chief=is_chief,
                     resize=config.data.resize,
                     task=task,
-                    crop_side_px=pipeline.decoding(config.data, task.num_classes)[-1],
+                    crop_side_px=crop_side_px,
                 )
             )
         return results

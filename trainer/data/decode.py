@@ -218,6 +218,19 @@ def crop_side(size_px: int, crop_scale: float) -> int:
     return max(size_px, int(round(size_px * crop_scale)))
 
 
+def crop_side_of(data_config) -> int:
+    """The short side photos are scaled to under `data.resize=crop`; 0 under the other modes.
+
+    Args:
+        data_config: a config's `data` group: a ConfigDict, or the dict of a
+            work directory's config.json (runs made before `data.resize`
+            existed stretch).
+    """
+    if data_config.get("resize", "stretch") != "crop":
+        return 0
+    return crop_side(int(data_config["image_size"]), float(data_config["crop_scale"]))
+
+
 def scaled_size(height: tf.Tensor, width: tf.Tensor, short_side: int) -> tf.Tensor:
     """int32 `[2]`: a photo's `[height, width]` scaled so its short side is `short_side`."""
     height, width = tf.cast(height, tf.float64), tf.cast(width, tf.float64)

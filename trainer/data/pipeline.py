@@ -196,7 +196,7 @@ def _folder_examples(
         cached = tf.constant(frame[cache.COLUMN].astype(str).to_numpy())
 
         def load(index, example_seed):
-            return (*cache.read_pair(cached[index], size_px, how[1]), example_seed)
+            return (*cache.read_pair(cached[index], size_px, data_config.resize), example_seed)
 
     if training:
         pipeline_salt = input_context.input_pipeline_id * _PIPELINE_SALT
@@ -269,11 +269,8 @@ def decoding(data_config: ml_collections.ConfigDict, num_classes: int) -> tuple:
     `(size_px, resize, num_classes, crop_side_px)`; configs written before
     `data.crop_scale` existed never crop.
     """
-    size_px = data_config.image_size
-    crop_side_px = 0
-    if data_config.resize == "crop":
-        crop_side_px = decode.crop_side(size_px, data_config.crop_scale)
-    return size_px, data_config.resize, num_classes, crop_side_px
+    crop_side_px = decode.crop_side_of(data_config)
+    return data_config.image_size, data_config.resize, num_classes, crop_side_px
 
 
 def _random_crop_fn(size_px: int):
