@@ -67,6 +67,8 @@ VARIANTS = {
     "no_warmup": {"train.warmup_steps": 0},
     "constant_lr": {"train.lr_schedule": "constant"},
     "adamw": {"train.optimizer": "adamw", "train.weight_decay": 1e-4},
+    "adam_1e-3": {"train.optimizer": "adam", "train.learning_rate": 1e-3},
+    "adam_2e-3": {"train.optimizer": "adam", "train.learning_rate": 2e-3},
     "wide_decoder": {"model.decoder_filters": (256, 128, 64, 32, 16)},
     "ema_0.99": {"train.ema_decay": 0.99},
     "ema_0.995": {"train.ema_decay": 0.995},
