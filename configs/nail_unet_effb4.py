@@ -64,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.lr_schedule = "constant"  # constant | cosine (after warmup).
     config.train.warmup_steps = 0  # linear warmup from 0 to learning_rate.
     config.train.weight_decay = 0.0
+    config.train.focal_weight = 1.0  # loss = Dice + focal_weight * Focal (the seed's 1).
     # Multi-class loss weight of each class, class 0 first; () = equal (normalised to mean 1).
     config.train.class_weights = ()
     config.train.momentum = 0.9  # sgd only.

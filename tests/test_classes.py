@@ -1,6 +1,6 @@
 """A run's classes: read from a config or an old config.json, and what each task computes."""
 
-from trainer import classes
+from trainer import classes, losses
 
 import numpy as np
 import pytest
@@ -29,6 +29,17 @@ def test_multiclass_config_gives_names_weights_and_ignore_label():
     assert task.names == ("background", "nail", "tip")
     assert task.ignore_label == 255
     assert task.class_weights == (1.0, 2.0, 4.0)
+
+
+def test_focal_weight_reaches_the_loss_and_defaults_to_the_seeds():
+    config = demo_cpu.get_config()
+    assert classes.task(config).focal_weight == 1.0
+    assert classes.task({"model": {}, "train": {}}).focal_weight == 1.0  # an older config.json
+    config.train.focal_weight = 0.0
+    masks = np.ones((1, 4, 4, 1), np.float32)
+    probabilities = np.full((1, 4, 4, 1), 0.5, np.float32)
+    dice_only = classes.task(config).loss(masks, probabilities)
+    np.testing.assert_allclose(dice_only, losses.dice_loss(masks, probabilities), rtol=1e-6)
 
 
 def test_default_names_when_none_are_given():

@@ -83,6 +83,7 @@ BAD_VALUES = [
     ("train.lr_schedule", "linear", "choose one of cosine, constant"),
     ("train.warmup_steps", -1, "at least 0"),
     ("train.weight_decay", -0.1, "at least 0"),
+    ("train.focal_weight", -1.0, "at least 0"),
     ("train.class_weights", (1.0, 0.0), "entry 1 (0.0): must be above 0"),
     ("train.class_weights", 2.0, "not a tuple"),
     ("train.momentum", 1.5, "at most 1"),

@@ -187,6 +187,19 @@ def test_categorical_hand_values_with_an_ignored_pixel():
     np.testing.assert_allclose(loss, [CATEGORICAL_DICE_1X3 + CATEGORICAL_FOCAL_1X3], rtol=1e-6)
 
 
+@pytest.mark.parametrize("focal_weight", [0.0, 10.0])
+def test_focal_weight_scales_the_focal_term_only(focal_weight):
+    binary = losses.segmentation_loss(
+        Y_TRUE_2X2, Y_PRED_2X2, num_classes=1, focal_weight=focal_weight
+    )
+    np.testing.assert_allclose(binary, [DICE_2X2 + focal_weight * FOCAL_2X2], rtol=1e-6)
+    categorical = losses.segmentation_loss(
+        LABELS_1X3, PROBABILITIES_1X3, num_classes=2, focal_weight=focal_weight
+    )
+    expected = CATEGORICAL_DICE_1X3 + focal_weight * CATEGORICAL_FOCAL_1X3
+    np.testing.assert_allclose(categorical, [expected], rtol=1e-6)
+
+
 @pytest.mark.parametrize("shape, num_classes", [((1, 7, 5), 2), ((1, 16, 16), 3), ((1, 4, 6), 5)])
 def test_categorical_equals_segmentation_models_for_one_example(shape, num_classes):
     labels, probabilities = _random_example(shape, num_classes, seed=num_classes)

@@ -54,6 +54,11 @@ def class_weights(config) -> tuple[float, ...] | None:
     return tuple(float(w) for w in weights) or None
 
 
+def focal_weight(config) -> float:
+    """`train.focal_weight`: the focal term's weight against Dice's 1 (the seed's 1 when absent)."""
+    return float(_group(config, "train").get("focal_weight", 1.0))
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
     """What the train and eval steps compute for a run's classes.
@@ -63,12 +68,14 @@ class Task:
         names: one name per metric channel (binary: the foreground's).
         ignore_label: the mask value left out (None for binary).
         class_weights: the multi-class loss weights (None = equal).
+        focal_weight: the focal term's weight in the loss; Dice has weight 1.
     """
 
     num_classes: int = 1
     names: tuple[str, ...] = ("foreground",)
     ignore_label: int | None = None
     class_weights: tuple[float, ...] | None = None
+    focal_weight: float = 1.0
 
     @property
     def is_binary(self) -> bool:
@@ -88,6 +95,7 @@ class Task:
             num_classes=self.num_classes,
             class_weights=self.class_weights,
             ignore_label=self.ignore_label,
+            focal_weight=self.focal_weight,
         )
 
     def confusion(self, masks, probabilities, threshold: float = 0.5, counted=None):
@@ -130,4 +138,5 @@ def task(config) -> Task:
         names=class_names(config),
         ignore_label=ignore_label(config),
         class_weights=class_weights(config),
+        focal_weight=focal_weight(config),
     )

@@ -192,6 +192,7 @@ FIELDS: dict[str, Check] = {
     "train.lr_schedule": choice(optim.LR_SCHEDULES),
     "train.warmup_steps": whole(minimum=0),
     "train.weight_decay": number(minimum=0),
+    "train.focal_weight": number(minimum=0),
     "train.class_weights": tuple_of(number(above=0), example="(1.0,2.0,4.0)"),
     "train.momentum": number(minimum=0, maximum=1),
     "train.ema_decay": number(minimum=0, below=1),

@@ -105,21 +105,23 @@ def binary_focal_loss(y_true, y_pred, *, alpha=0.25, gamma=2.0):
     return tf.reduce_mean(background + foreground, axis=_PER_EXAMPLE_AXES)
 
 
-def dice_focal(y_true, y_pred):
-    """The seed's loss per example: `dice_loss + binary_focal_loss` with default arguments.
+def dice_focal(y_true, y_pred, *, focal_weight=1.0):
+    """The seed's loss per example: `dice_loss + focal_weight * binary_focal_loss`.
 
-    For one example this equals `sm.losses.DiceLoss() + sm.losses.BinaryFocalLoss()` of
+    With `focal_weight` 1 (the seed's `dice_loss + (1 * focal_loss)`) this equals, for
+    one example, `sm.losses.DiceLoss() + sm.losses.BinaryFocalLoss()` of
     segmentation_models 1.0.1.
 
     Args:
       y_true: `[batch, height, width, 1]` mask in {0, 1}, any float dtype.
       y_pred: `[batch, height, width, 1]` probabilities, any float dtype.
+      focal_weight: weight of the focal term; the Dice term has weight 1.
 
     Returns:
       `[batch]` float32 loss; reduce it with `tf.nn.compute_average_loss` and the global
       batch size.
     """
-    return dice_loss(y_true, y_pred) + binary_focal_loss(y_true, y_pred)
+    return dice_loss(y_true, y_pred) + focal_weight * binary_focal_loss(y_true, y_pred)
 
 
 def _one_hot_truth(labels, probabilities, ignore_label):
@@ -178,7 +180,9 @@ def _normalised_class_weights(class_weights, num_classes):
     return tf.constant(weights * num_classes / weights.sum(), tf.float32)
 
 
-def categorical_dice_focal(labels, probabilities, *, class_weights=None, ignore_label=255):
+def categorical_dice_focal(
+    labels, probabilities, *, class_weights=None, ignore_label=255, focal_weight=1.0
+):
     """Multi-class loss of each example: weighted soft Dice loss + categorical focal loss.
 
     Dice: soft counts per example and class over the non-ignored pixels (tp = sum(t * p),
@@ -188,9 +192,11 @@ def categorical_dice_focal(labels, probabilities, *, class_weights=None, ignore_
 
     Focal (alpha 0.25, gamma 2): per pixel and class -w * t * alpha * (1 - p)**gamma * log(p),
     p clipped to [1e-7, 1 - 1e-7], w the class weight scaled to mean 1; summed over the
-    non-ignored pixels and classes and divided by K times their number of pixels.
+    non-ignored pixels and classes and divided by K times their number of pixels, then
+    multiplied by `focal_weight`.
 
-    For one example with no ignored pixel and equal (or no) class weights this equals
+    For one example with no ignored pixel, equal (or no) class weights and
+    `focal_weight` 1 this equals
     `sm.losses.DiceLoss() + sm.losses.CategoricalFocalLoss()` of segmentation_models 1.0.1.
     It differs on purpose with class weights: sm's `DiceLoss` multiplies the scores by the
     weights without normalising them, so weights of 3 would triple the loss scale (and
@@ -211,6 +217,7 @@ def categorical_dice_focal(labels, probabilities, *, class_weights=None, ignore_
       class_weights: None (all classes alike) or K non-negative weights, not all 0; only
         their ratios matter.
       ignore_label: pixels with this label count nowhere; None ignores nothing.
+      focal_weight: weight of the focal term; the Dice term has weight 1.
 
     Returns:
       `[batch]` float32 loss; reduce it with `tf.nn.compute_average_loss` and the global
@@ -231,10 +238,12 @@ def categorical_dice_focal(labels, probabilities, *, class_weights=None, ignore_
     focal = -truth * (_FOCAL_ALPHA * tf.pow(1.0 - p, _FOCAL_GAMMA) * tf.math.log(p)) * weights
     valid_pixels = tf.maximum(tf.reduce_sum(valid, axis=_PER_EXAMPLE_AXES), 1.0)
     focal = tf.reduce_sum(focal, axis=_PER_EXAMPLE_AXES) / (num_classes * valid_pixels)
-    return dice + focal
+    return dice + focal_weight * focal
 
 
-def segmentation_loss(labels, probabilities, *, num_classes, class_weights=None, ignore_label=255):
+def segmentation_loss(
+    labels, probabilities, *, num_classes, class_weights=None, ignore_label=255, focal_weight=1.0
+):
     """The training loss per example for `num_classes` outputs.
 
     `num_classes == 1` (one sigmoid channel, masks in {0, 1}) gives `dice_focal`, the
@@ -247,6 +256,7 @@ def segmentation_loss(labels, probabilities, *, num_classes, class_weights=None,
       num_classes: 1 for binary, else K >= 2, which must be the probabilities' last axis.
       class_weights: multi-class only; see `categorical_dice_focal`.
       ignore_label: multi-class only; see `categorical_dice_focal`.
+      focal_weight: weight of the focal term against the Dice term's 1 (the seed's 1).
 
     Returns:
       `[batch]` float32 loss; reduce it with `tf.nn.compute_average_loss`.
@@ -255,7 +265,7 @@ def segmentation_loss(labels, probabilities, *, num_classes, class_weights=None,
       ValueError: when `num_classes` is below 1 or is not the probabilities' last axis.
     """
     if num_classes == 1:
-        return dice_focal(labels, probabilities)
+        return dice_focal(labels, probabilities, focal_weight=focal_weight)
     channels = tf.convert_to_tensor(probabilities).shape[-1]
     if num_classes < 1 or channels != num_classes:
         raise ValueError(
@@ -263,5 +273,9 @@ def segmentation_loss(labels, probabilities, *, num_classes, class_weights=None,
             f"probabilities with {channels} channels."
         )
     return categorical_dice_focal(
-        labels, probabilities, class_weights=class_weights, ignore_label=ignore_label
+        labels,
+        probabilities,
+        class_weights=class_weights,
+        ignore_label=ignore_label,
+        focal_weight=focal_weight,
     )
