@@ -69,6 +69,7 @@ VARIANTS = {
     "adamw": {"train.optimizer": "adamw", "train.weight_decay": 1e-4},
     "adam_1e-3": {"train.optimizer": "adam", "train.learning_rate": 1e-3},
     "adam_2e-3": {"train.optimizer": "adam", "train.learning_rate": 2e-3},
+    "focal_0": {"train.focal_weight": 0.0},
     "focal_3": {"train.focal_weight": 3.0},
     "focal_10": {"train.focal_weight": 10.0},
     "wide_decoder": {"model.decoder_filters": (256, 128, 64, 32, 16)},
