@@ -3,6 +3,7 @@
     python -m benchmarks.recipe --data_root=DATA                # choose: a held-out slice
     python -m benchmarks.recipe --data_root=DATA --variants=base,lr_3e-3 --steps=400
     python -m benchmarks.recipe --data_root=DATA --final        # report valid/ once
+    python -m benchmarks.recipe --data_root=DATA --variants=base,pad --proportions=mixed
     python -m benchmarks.recipe --quick                         # proves it runs; no figures
 
 DATA is a real data set in the trainer's train/ + valid/ layout. Every variant
@@ -37,7 +38,7 @@ from trainer import cli
 import numpy as np
 from absl import flags
 
-from benchmarks import measure, report, runner
+from benchmarks import measure, proportions, report, runner
 
 runner.define_common_flags()
 runner.define_config_flag("configs/small_data_cpu.py")
@@ -50,6 +51,12 @@ flags.DEFINE_list(
 flags.DEFINE_integer("steps", 0, "Steps of each variant; 0 = the config's train.steps.")
 flags.DEFINE_float("holdout_fraction", 0.15, "Share of train/ held out to choose on.")
 flags.DEFINE_bool("final", False, "Train the config on train/, score valid/ once.")
+flags.DEFINE_enum(
+    "proportions",
+    "own",
+    ["own", "mixed"],
+    "own: the photos as they are; mixed: each cut to proportions of its own (see proportions.py).",
+)
 flags.DEFINE_integer("eval_every", 0, "Choosing only: steps between evaluations; 0 = config's.")
 FLAGS = flags.FLAGS
 
@@ -92,11 +99,14 @@ def apply_overrides(config, overrides: dict):
     return config
 
 
-def linked_data_root(data_root: str, folder: str, *, final: bool, holdout_fraction: float) -> str:
+def linked_data_root(
+    data_root: str, folder: str, *, final: bool, holdout_fraction: float, mixed: bool = False
+) -> str:
     """A train/ + valid/ folder of links into `data_root`.
 
     final: train/ -> train/, valid/ -> valid/. Otherwise train/ is split: a
     seeded `holdout_fraction` of its pairs becomes valid/, the rest train/.
+    mixed: copies cut to mixed proportions (`proportions.cut_split`) instead of links.
     """
     from trainer.data import layout
 
@@ -112,7 +122,10 @@ def linked_data_root(data_root: str, folder: str, *, final: bool, holdout_fracti
         }
     root = Path(folder) / "data"
     for split, rows in splits.items():
-        runner.link_pairs(rows, root / split)
+        if mixed:
+            proportions.cut_split(rows, root / split)
+        else:
+            runner.link_pairs(rows, root / split)
     return str(root)
 
 
@@ -144,7 +157,11 @@ def run_child(variant: str) -> dict:
 
     config = measure.config_from_json(FLAGS.config_json)
     data_root = linked_data_root(
-        FLAGS.data_root, FLAGS.scratch, final=FLAGS.final, holdout_fraction=FLAGS.holdout_fraction
+        FLAGS.data_root,
+        FLAGS.scratch,
+        final=FLAGS.final,
+        holdout_fraction=FLAGS.holdout_fraction,
+        mixed=FLAGS.proportions == "mixed",
     )
     workdir = os.path.join(FLAGS.scratch, "run")
     started = time.perf_counter()
@@ -217,6 +234,7 @@ def run_parent() -> int:
         "data_root_name": Path(FLAGS.data_root).resolve().name,
         "final": FLAGS.final,
         "holdout_fraction": None if FLAGS.final else FLAGS.holdout_fraction,
+        "proportions": FLAGS.proportions,
         "steps": next(iter(configs.values())).train.steps,
         "variants": {name: VARIANTS.get(name, {}) for name in configs},
     }
@@ -227,6 +245,7 @@ def run_parent() -> int:
     for variant, config in configs.items():
         args = {"config_json": config, "data_root": FLAGS.data_root, "final": FLAGS.final}
         args["holdout_fraction"] = FLAGS.holdout_fraction
+        args["proportions"] = FLAGS.proportions
         result = runner.run_child("recipe", variant, args, scratch=True, timeout_s=4 * 3600)
         rows.append(result)
     ratios, notes = {}, []
