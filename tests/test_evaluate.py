@@ -160,6 +160,7 @@ def test_one_device_matches_two_devices_and_the_training_evaluation(
     assert model_iou == pytest.approx(best.read_best(workdir)["iou"], abs=1e-5)
 
 
+@pytest.mark.slow  # exports the trained run again (~15 s)
 def test_an_export_evaluates_like_its_workdir(workdir, valid_rows):
     from_workdir = _count_in_process(workdir, valid_rows, global_batch_size=8)
     from_export = _count_in_process(os.path.join(workdir, "export"), valid_rows, 3)

@@ -173,6 +173,9 @@ def test_tflite_of_a_multiclass_model_matches_its_probabilities(
     assert np.mean(tflite.argmax(axis=-1) == expected.argmax(axis=-1)) >= 0.999
 
 
+# Slow: an export of its own through the CLI (~20 s); test_serving checks the same
+# metadata of a multiclass export in-process in the fast suite.
+@pytest.mark.slow
 def test_a_multiclass_saved_model_records_the_workdirs_classes(
     multiclass_workdir, tmp_path, run_module
 ):
@@ -187,6 +190,7 @@ def test_a_multiclass_saved_model_records_the_workdirs_classes(
     assert metadata["signatures"][-1] == serving.LABELS_SIGNATURE
 
 
+@pytest.mark.slow  # builds and exports a multiclass work directory (~15 s) for one line
 def test_a_threshold_for_a_multiclass_model_gets_one_error_line(
     multiclass_workdir, run_module, assert_one_error_line
 ):

@@ -132,6 +132,7 @@ def test_unreadable_photos_are_returned_and_written_nowhere(trained, photo_dir, 
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow  # an export of its own (~15 s)
 def test_predict_uses_the_threshold_stored_in_the_export(trained, photo_dir, tmp_path):
     from trainer import inference, predict, serving
 
@@ -183,6 +184,8 @@ def _read(path):
     return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
 
 
+# Slow, with the two below: they build and export a multiclass work directory (~15 s).
+@pytest.mark.slow
 def test_multiclass_label_maps_and_overlays_with_a_legend(multiclass_trained, photo_dir, tmp_path):
     from trainer import colours, predict
     from trainer.data import decode
@@ -215,6 +218,7 @@ def test_multiclass_label_maps_and_overlays_with_a_legend(multiclass_trained, ph
         assert np.any(np.all(strip == colour, axis=-1)), colour
 
 
+@pytest.mark.slow
 def test_a_multiclass_workdir_and_its_export_predict_the_same_labels(
     multiclass_trained, multiclass_workdir, photo_dir, tmp_path
 ):
@@ -241,6 +245,7 @@ def test_a_multiclass_workdir_and_its_export_predict_the_same_labels(
         assert np.mean(_read(tmp_path / "no_tta" / mask) == expected) >= 0.999, name
 
 
+@pytest.mark.slow
 def test_a_threshold_for_a_multiclass_model_gets_one_error_line(
     multiclass_workdir, photo_dir, tmp_path, run_module, assert_one_error_line
 ):

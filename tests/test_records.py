@@ -348,6 +348,7 @@ def test_training_from_records_stopped_and_resumed_ends_with_the_uninterrupted_w
         np.testing.assert_array_equal(expected[name], actual[name], err_msg=name)
 
 
+@pytest.mark.slow  # two prepare subprocesses (~15 s)
 def test_prepare_writes_records_and_refuses_shards_without_them(
     run_module, assert_one_error_line, synthetic_root, tmp_path
 ):
