@@ -16,6 +16,8 @@ valid photos) it reached validation IoU 0.676 in 21.8 minutes on 2 cores of an
 Intel Xeon.
 """
 
+from trainer import hardware
+
 from configs import demo_cpu
 
 
@@ -24,5 +26,9 @@ def get_config():
     config = demo_cpu.get_config()
     config.data.image_size = 160  # held-out IoU +0.019 over 128 px, for 1.27x the time
     config.train.learning_rate = 3e-3  # +0.066 over 1e-3; 6e-3 is worse
-    config.train.steps = 1500  # what fits in 25 minutes on 2 cores at 160 px
+    # bfloat16 where the CPU computes it natively (AVX512-BF16, AMX): 1.67x the
+    # images/s of float32 there, and +0.026 held-out IoU at equal steps.
+    config.train.precision = hardware.cpu_precision()
+    # What fits in about 22 minutes of 2 cores at 160 px, in either precision.
+    config.train.steps = 2400 if config.train.precision == "mixed_bfloat16" else 1500
     return config
