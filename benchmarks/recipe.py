@@ -88,6 +88,18 @@ VARIANTS = {
     "bf16": {"train.precision": "mixed_bfloat16"},
     # bfloat16 at about the base's minutes, where it runs 1.6x faster (AVX512-BF16).
     "bf16_800": {"train.precision": "mixed_bfloat16", "train.steps": 800},
+    # Against bf16_800 at about its minutes: a wider decoder in fewer steps, or
+    # smaller images in more.
+    "bf16_wide_650": {
+        "train.precision": "mixed_bfloat16",
+        "train.steps": 650,
+        "model.decoder_filters": (256, 128, 64, 32, 16),
+    },
+    "bf16_128_1200": {
+        "train.precision": "mixed_bfloat16",
+        "train.steps": 1200,
+        "data.image_size": 128,
+    },
 }
 _HOLDOUT_SEED = 20261130
 _QUICK = {"variants": ["base", "lr_3e-3"], "steps": 4, "holdout_fraction": 0.5}
