@@ -27,6 +27,9 @@ def get_config():
     config = demo_cpu.get_config()
     config.data.image_size = 160  # held-out IoU +0.019 over 128 px, for 1.27x the time
     config.train.learning_rate = 3e-3  # +0.066 over 1e-3; 6e-3 is worse
+    # Keep each photo's proportions: +0.041 held-out IoU at photo size on real
+    # photos of mixed proportions; on square photos it is the same as stretch.
+    config.data.resize = "pad"
     # bfloat16 where the CPU computes it natively (AVX512-BF16, AMX): 1.67x the
     # images/s of float32 there, and +0.026 held-out IoU at equal steps.
     config.train.precision = hardware.cpu_precision()
