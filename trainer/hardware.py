@@ -8,7 +8,8 @@ here by hand (a few lines; no package of its own is worth the dependency).
 import platform
 
 # x86 instructions with which oneDNN computes bfloat16 convolutions natively.
-# Without them it converts to float32 and back, which is slower than float32.
+# Without them bfloat16 has no native kernels, so float32 is the safe choice
+# (bfloat16's speed on such CPUs has not been measured here).
 _BFLOAT16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 _CPUINFO = "/proc/cpuinfo"
 
