@@ -14,7 +14,9 @@ The changes were made with `python -m benchmarks.recipe` on a slice held out
 of a real data set's train/ split, one at a time (see benchmarks/RESULTS.md);
 the valid/ split was scored once, at the end. On Kvasir-SEG (800 train / 100
 valid photos) it reached validation IoU 0.689 in 21.8 minutes on 2 cores of an
-Intel Xeon with AVX512-BF16 (0.676 in float32 with 1500 steps, also 21.8).
+Intel Xeon with AVX512-BF16 (0.676 in float32 with 1500 steps, also 21.8). An
+AMD EPYC (Zen 4) trains it at 0.68x that speed: about 33 minutes there, where
+`--config.train.steps=1650` keeps within 25.
 """
 
 from trainer import hardware
@@ -33,6 +35,7 @@ def get_config():
     # bfloat16 where the CPU computes it natively (AVX512-BF16, AMX): 1.67x the
     # images/s of float32 there, and +0.026 held-out IoU at equal steps.
     config.train.precision = hardware.cpu_precision()
-    # What fits in about 22 minutes of 2 cores at 160 px, in either precision.
+    # What fits in about 22 minutes of 2 cores of a recent Xeon at 160 px, in
+    # either precision (fixed steps: slower CPUs take longer; see the docstring).
     config.train.steps = 2400 if config.train.precision == "mixed_bfloat16" else 1500
     return config
