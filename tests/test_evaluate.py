@@ -54,6 +54,7 @@ def _count_in_process(model_path, rows, global_batch_size, resolution="photo"):
     )
 
 
+@pytest.mark.slow  # the evaluate command on 2 devices: about a minute of setup (mirrored_run)
 def test_cli_writes_the_summary_and_per_image_table(mirrored_run, valid_rows):
     process, summary, table = mirrored_run
     num_images = len(valid_rows)
@@ -79,6 +80,7 @@ def test_cli_writes_the_summary_and_per_image_table(mirrored_run, valid_rows):
     assert "group 1: IoU" in process.stderr and "IoU" in process.stdout
 
 
+@pytest.mark.slow  # the evaluate command on 2 devices: about a minute of setup (mirrored_run)
 def test_every_pixel_is_counted_once(mirrored_run, valid_rows):
     """Padding (12 slots for 9 images) adds nothing: true areas are the masks' own counts."""
     from trainer.data import decode
@@ -92,6 +94,7 @@ def test_every_pixel_is_counted_once(mirrored_run, valid_rows):
     assert summary["tp"] + summary["fn"] == sum(true_area.values())
 
 
+@pytest.mark.slow  # ~15 s: evaluates the trained run on photos of 3 other sizes
 def test_photos_of_other_sizes_are_counted_at_their_own_size(workdir, valid_rows, tmp_path):
     """Each photo enlarged to its own size (mixed proportions): its mask's pixels, all of them."""
     from trainer import evaluate
@@ -138,6 +141,7 @@ def test_model_resolution_counts_the_masks_as_validation_resizes_them(workdir, v
     assert (at_half[:, 0] + at_half[:, 2]).tolist() == true_area
 
 
+@pytest.mark.slow  # the evaluate command on 2 devices: about a minute of setup (mirrored_run)
 def test_one_device_matches_two_devices_and_the_training_evaluation(
     mirrored_run, workdir, valid_rows
 ):
