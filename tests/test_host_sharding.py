@@ -61,7 +61,13 @@ def _shard_size(num_pairs: int, host: int) -> int:
     return len(range(host, num_pairs, NUM_HOSTS))
 
 
-@pytest.fixture(scope="module", params=[12, 10], ids=["12_pairs", "10_pairs_uneven"])
+# The even split (12 pairs, ~30 s) runs with the slow suite; the uneven one, the
+# harder case, in the fast one.
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(12, marks=pytest.mark.slow), 10],
+    ids=["12_pairs", "10_pairs_uneven"],
+)
 def frame(request, tmp_path_factory):
     return _write_pairs(tmp_path_factory.mktemp("pairs"), request.param)
 

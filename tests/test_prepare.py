@@ -66,6 +66,7 @@ def _damage(root: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow  # ~17 s: the check command twice on a tree of every problem
 def test_check_lists_every_problem_and_strict_fails(data_root):
     expected = _damage(data_root)
     completed = _prepare(f"--data_root={data_root}", "--check", "--strict")
