@@ -286,6 +286,7 @@ def multiclass_export(multiclass_workdir):
     return tf.saved_model.load(os.path.join(multiclass_workdir, "export"))
 
 
+@pytest.mark.slow  # the multi-class export: ~25 s of setup
 def test_a_multiclass_export_records_its_classes_and_signatures(multiclass_workdir):
     export = os.path.join(multiclass_workdir, "export")
     metadata = workdir_lib.read_json(os.path.join(export, serving.METADATA_FILE))
@@ -302,6 +303,7 @@ def test_a_multiclass_export_records_its_classes_and_signatures(multiclass_workd
     assert inference.load_trained_model(export).task == task
 
 
+@pytest.mark.slow  # the multi-class export: ~25 s of setup
 def test_serve_images_gives_each_class_probability_and_the_argmax(
     multiclass_export, multiclass_network
 ):
@@ -320,6 +322,7 @@ def test_serve_images_gives_each_class_probability_and_the_argmax(
     np.testing.assert_allclose(served.numpy(), expected.numpy(), atol=1e-5)
 
 
+@pytest.mark.slow  # the multi-class export: ~25 s of setup
 def test_serving_default_and_serve_labels_give_labels_at_each_photos_size(multiclass_export):
     rng = np.random.default_rng(1)
     photos = [rng.integers(0, 256, [h, w, 3], dtype=np.uint8) for h, w in ((21, 30), (40, 13))]
