@@ -98,8 +98,8 @@ VARIANTS = {
         "model.decoder_filters": (256, 128, 64, 32, 16),
     },
     "bf16_128_1200": {**_BF16, "train.steps": 1200, "data.image_size": 128},
-    # Batch 8 at about the minutes of 2400 steps of batch 16 (a step of 8 costs
-    # about 0.65x one of 16 on 2 cores): the same photos seen, twice the updates.
+    # Batch 8 at about the minutes of 2400 steps of batch 16 (a step of 8 cost
+    # 0.65x one of 16 in round 3; 0.71x in round 13): the same photos, twice the updates.
     "batch_8_3700": {"data.batch_size": 8, "train.steps": 3700},
 }
 _HOLDOUT_SEED = 20261130

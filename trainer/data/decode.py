@@ -85,12 +85,10 @@ def _orientation_in_exif(head: tf.Tensor) -> tf.Tensor:
         is_marker = byte(position) == 0xFF
         return (tiff < 0) & (position + 4 <= size) & is_marker & (byte(position + 1) != 0xDA)
 
-    is_jpeg = (byte(0) == 0xFF) & (byte(1) == 0xD8)
-    start = tf.where(is_jpeg, tf.constant(2, tf.int64), size)
     _, tiff = tf.while_loop(
         before_exif_and_pixels,
         next_segment,
-        (start, tf.constant(-1, tf.int64)),
+        (tf.constant(2, tf.int64), tf.constant(-1, tf.int64)),  # after start-of-image
         maximum_iterations=_MAX_SEGMENTS,
     )
 
@@ -261,12 +259,7 @@ def scale_image(image: tf.Tensor, short_side: int) -> tf.Tensor:
     shape = tf.shape(image)
     size = scaled_size(shape[0], shape[1], short_side)
     shrinking = tf.minimum(shape[0], shape[1]) >= short_side
-    resized = tf.cond(
-        shrinking,
-        lambda: tf.image.resize(image, size, method="area"),
-        lambda: tf.image.resize(image, size),  # as in resize_image
-    )
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+    return _resized_uint8(image, size, shrinking)
 
 
 def pad_to_square(image: tf.Tensor) -> tf.Tensor:
@@ -372,12 +365,17 @@ def resize_image(image: tf.Tensor, size_px: int) -> tf.Tensor:
     """
     height, width = tf.shape(image)[-3], tf.shape(image)[-2]
     shrinking = tf.logical_and(height >= size_px, width >= size_px)
+    return _resized_uint8(image, [size_px, size_px], shrinking)
+
+
+def _resized_uint8(image: tf.Tensor, size, shrinking: tf.Tensor) -> tf.Tensor:
+    """uint8 images resized to `size`: area when `shrinking`, else bilinear; rounded."""
     resized = tf.cond(
         shrinking,
-        lambda: tf.image.resize(image, [size_px, size_px], method="area"),
+        lambda: tf.image.resize(image, size, method="area"),
         # Antialiasing only matters when shrinking; bilinear enlarges to within
         # 0.013 of a grey level of it, at a third of the time.
-        lambda: tf.image.resize(image, [size_px, size_px]),
+        lambda: tf.image.resize(image, size),
     )
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
