@@ -81,6 +81,10 @@ VARIANTS = {
     "focal_0": {"train.focal_weight": 0.0},
     "focal_3": {"train.focal_weight": 3.0},
     "focal_10": {"train.focal_weight": 10.0},
+    # Dice + binary cross-entropy in place of Dice + focal (focal's alpha 0.25 weighs
+    # the foreground's pixels a third of the background's).
+    "dice_bce": {"train.focal_weight": 0.0, "train.cross_entropy_weight": 1.0},
+    "vertical_flip": {"data.vertical_flip": True},
     "wide_decoder": {"model.decoder_filters": (256, 128, 64, 32, 16)},
     "ema_0.99": {"train.ema_decay": 0.99},
     "ema_0.995": {"train.ema_decay": 0.995},

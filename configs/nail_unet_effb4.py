@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.batch_size = 32  # global batch (all replicas together).
     config.data.balanced = False  # True: sample the groups (sub-folders) evenly.
     config.data.augment = True  # the seed's albumentations transforms when training.
+    config.data.vertical_flip = False  # also flip upside down (photos without an up).
     config.data.valid_fraction = 0.2  # held out per group when there is no valid/ folder.
     config.data.num_parallel_calls = 0  # decode/augment threads per pipeline; 0 = derived.
     config.data.prefetch_batches = 0  # batches buffered per pipeline; 0 = derived.
@@ -65,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.warmup_steps = 0  # linear warmup from 0 to learning_rate.
     config.train.weight_decay = 0.0
     config.train.focal_weight = 1.0  # loss = Dice + focal_weight * Focal (the seed's 1).
+    config.train.cross_entropy_weight = 0.0  # + this times cross-entropy (the seed's 0).
     # Multi-class loss weight of each class, class 0 first; () = equal (normalised to mean 1).
     config.train.class_weights = ()
     config.train.momentum = 0.9  # sgd only.

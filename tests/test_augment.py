@@ -40,11 +40,32 @@ def test_transforms_fire_independently():
     assert flipped_only > 0
 
 
+def _upside_down_masks(augmenter, mask, seeds=range(64)):
+    """How many seeds give exactly the mask turned upside down (either way round)."""
+    image = np.zeros((*mask.shape[:2], 3), np.uint8)
+    upside_down = (mask[::-1], mask[::-1, ::-1])
+    count = 0
+    for seed in seeds:
+        _, out_mask = augmenter(image, mask, np.int64(seed))
+        count += any(np.array_equal(out_mask, flipped) for flipped in upside_down)
+    return count
+
+
+def test_vertical_flip_is_off_by_default_and_turns_masks_upside_down_when_asked():
+    mask = np.zeros((48, 48, 1), np.uint8)
+    mask[:10, :20] = 1  # top left: no flip or rotation of the seed's maps it upside down
+    assert _upside_down_masks(augment.SeededAugmenter(), mask) == 0
+    # Half the seeds flip; the seed's affine (half the time) moves some of those again.
+    assert _upside_down_masks(augment.SeededAugmenter(vertical_flip=True), mask) >= 10
+
+
 def test_transforms_are_built_once_per_parallel_call_not_per_example(monkeypatch):
     """tf.numpy_function gives each call a fresh Python thread state (thread-locals empty)."""
     builds = []
     original = augment.make_train_transform
-    monkeypatch.setattr(augment, "make_train_transform", lambda: builds.append(1) or original())
+    monkeypatch.setattr(
+        augment, "make_train_transform", lambda *args: builds.append(1) or original(*args)
+    )
     augmenter = augment.SeededAugmenter()
     image, mask = _example()
 

@@ -1,5 +1,7 @@
 """A run's classes: read from a config or an old config.json, and what each task computes."""
 
+import math
+
 from trainer import classes, losses
 
 import numpy as np
@@ -40,6 +42,19 @@ def test_focal_weight_reaches_the_loss_and_defaults_to_the_seeds():
     probabilities = np.full((1, 4, 4, 1), 0.5, np.float32)
     dice_only = classes.task(config).loss(masks, probabilities)
     np.testing.assert_allclose(dice_only, losses.dice_loss(masks, probabilities), rtol=1e-6)
+
+
+def test_cross_entropy_weight_reaches_the_loss_and_defaults_to_none():
+    config = demo_cpu.get_config()
+    assert classes.task(config).cross_entropy_weight == 0.0
+    assert classes.task({"model": {}, "train": {}}).cross_entropy_weight == 0.0
+    config.train.focal_weight = 0.0
+    config.train.cross_entropy_weight = 1.0
+    masks = np.ones((1, 4, 4, 1), np.float32)
+    probabilities = np.full((1, 4, 4, 1), 0.5, np.float32)
+    dice_bce = classes.task(config).loss(masks, probabilities)
+    expected = losses.dice_loss(masks, probabilities) + math.log(2.0)
+    np.testing.assert_allclose(dice_bce, expected, rtol=1e-6)
 
 
 def test_default_names_when_none_are_given():

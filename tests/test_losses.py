@@ -200,6 +200,42 @@ def test_focal_weight_scales_the_focal_term_only(focal_weight):
     np.testing.assert_allclose(categorical, [expected], rtol=1e-6)
 
 
+def test_binary_cross_entropy_term_is_keras_binary_crossentropy():
+    # The 2x2 example: -(ln 0.9 + ln 0.8 + ln 0.4 + ln 0.7) / 4 by hand, and Keras agrees.
+    by_hand = -(math.log(0.9) + math.log(0.8) + math.log(0.4) + math.log(0.7)) / 4
+    keras = tf.reduce_mean(tf.keras.losses.binary_crossentropy(Y_TRUE_2X2, Y_PRED_2X2))
+    np.testing.assert_allclose(float(keras), by_hand, rtol=1e-5)
+    loss = losses.segmentation_loss(
+        Y_TRUE_2X2, Y_PRED_2X2, num_classes=1, focal_weight=0.0, cross_entropy_weight=2.0
+    )
+    np.testing.assert_allclose(loss, [DICE_2X2 + 2.0 * by_hand], rtol=1e-6)
+
+
+def test_categorical_cross_entropy_term_leaves_ignored_pixels_out_and_weighs_classes():
+    labels = np.array([[[[0], [1], [255]]]], np.float32)
+    probabilities = np.array([[[[0.8, 0.2], [0.3, 0.7], [0.5, 0.5]]]], np.float32)
+    without = losses.categorical_dice_focal(labels, probabilities, focal_weight=0.0)
+    # Two valid pixels: -(ln 0.8 + ln 0.7) / 2; the ignored third counts nowhere.
+    plain = -(math.log(0.8) + math.log(0.7)) / 2
+    with_term = losses.categorical_dice_focal(
+        labels, probabilities, focal_weight=0.0, cross_entropy_weight=1.0
+    )
+    np.testing.assert_allclose(with_term - without, [plain], rtol=1e-5)
+    # Weights (1, 3) normalise to (0.5, 1.5): the class-1 pixel counts three times the other.
+    weighted_dice = losses.categorical_dice_focal(
+        labels, probabilities, focal_weight=0.0, class_weights=(1.0, 3.0)
+    )
+    weighted = losses.categorical_dice_focal(
+        labels,
+        probabilities,
+        focal_weight=0.0,
+        class_weights=(1.0, 3.0),
+        cross_entropy_weight=1.0,
+    )
+    expected = -(0.5 * math.log(0.8) + 1.5 * math.log(0.7)) / 2
+    np.testing.assert_allclose(weighted - weighted_dice, [expected], rtol=1e-5)
+
+
 @pytest.mark.parametrize("shape, num_classes", [((1, 7, 5), 2), ((1, 16, 16), 3), ((1, 4, 6), 5)])
 def test_categorical_equals_segmentation_models_for_one_example(shape, num_classes):
     labels, probabilities = _random_example(shape, num_classes, seed=num_classes)

@@ -59,6 +59,11 @@ def focal_weight(config) -> float:
     return float(_group(config, "train").get("focal_weight", 1.0))
 
 
+def cross_entropy_weight(config) -> float:
+    """`train.cross_entropy_weight`: the cross-entropy term's weight (0, none, when absent)."""
+    return float(_group(config, "train").get("cross_entropy_weight", 0.0))
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
     """What the train and eval steps compute for a run's classes.
@@ -69,6 +74,7 @@ class Task:
         ignore_label: the mask value left out (None for binary).
         class_weights: the multi-class loss weights (None = equal).
         focal_weight: the focal term's weight in the loss; Dice has weight 1.
+        cross_entropy_weight: the cross-entropy term's weight in the loss.
     """
 
     num_classes: int = 1
@@ -76,6 +82,7 @@ class Task:
     ignore_label: int | None = None
     class_weights: tuple[float, ...] | None = None
     focal_weight: float = 1.0
+    cross_entropy_weight: float = 0.0
 
     @property
     def is_binary(self) -> bool:
@@ -96,6 +103,7 @@ class Task:
             class_weights=self.class_weights,
             ignore_label=self.ignore_label,
             focal_weight=self.focal_weight,
+            cross_entropy_weight=self.cross_entropy_weight,
         )
 
     def confusion(self, masks, probabilities, threshold: float = 0.5, counted=None):
@@ -139,4 +147,5 @@ def task(config) -> Task:
         ignore_label=ignore_label(config),
         class_weights=class_weights(config),
         focal_weight=focal_weight(config),
+        cross_entropy_weight=cross_entropy_weight(config),
     )

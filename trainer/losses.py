@@ -105,23 +105,47 @@ def binary_focal_loss(y_true, y_pred, *, alpha=0.25, gamma=2.0):
     return tf.reduce_mean(background + foreground, axis=_PER_EXAMPLE_AXES)
 
 
-def dice_focal(y_true, y_pred, *, focal_weight=1.0):
+def binary_cross_entropy(y_true, y_pred):
+    """Binary cross-entropy of each example, averaged over its pixels and channels.
+
+    Per pixel, with p = clip(y_pred, 1e-7, 1 - 1e-7): -y log(p) - (1 - y) log(1 - p),
+    Keras' `binary_crossentropy` of probabilities.
+
+    Args:
+      y_true: `[batch, height, width, channels]` mask in {0, 1}, any float dtype.
+      y_pred: `[batch, height, width, channels]` probabilities, any float dtype.
+
+    Returns:
+      `[batch]` float32 loss.
+    """
+    # Focal with gamma 0 weighs the two terms alpha and 1 - alpha: alpha 1/2, twice.
+    return 2.0 * binary_focal_loss(y_true, y_pred, alpha=0.5, gamma=0.0)
+
+
+def dice_focal(y_true, y_pred, *, focal_weight=1.0, cross_entropy_weight=0.0):
     """The seed's loss per example: `dice_loss + focal_weight * binary_focal_loss`.
 
     With `focal_weight` 1 (the seed's `dice_loss + (1 * focal_loss)`) this equals, for
     one example, `sm.losses.DiceLoss() + sm.losses.BinaryFocalLoss()` of
-    segmentation_models 1.0.1.
+    segmentation_models 1.0.1. `cross_entropy_weight` adds that many times
+    `binary_cross_entropy` (Dice + BCE, with `focal_weight` 0).
 
     Args:
       y_true: `[batch, height, width, 1]` mask in {0, 1}, any float dtype.
       y_pred: `[batch, height, width, 1]` probabilities, any float dtype.
       focal_weight: weight of the focal term; the Dice term has weight 1.
+      cross_entropy_weight: weight of the cross-entropy term (0: none, the seed's).
 
     Returns:
       `[batch]` float32 loss; reduce it with `tf.nn.compute_average_loss` and the global
       batch size.
     """
-    return dice_loss(y_true, y_pred) + focal_weight * binary_focal_loss(y_true, y_pred)
+    loss = dice_loss(y_true, y_pred)
+    if focal_weight:
+        loss += focal_weight * binary_focal_loss(y_true, y_pred)
+    if cross_entropy_weight:
+        loss += cross_entropy_weight * binary_cross_entropy(y_true, y_pred)
+    return loss
 
 
 def _one_hot_truth(labels, probabilities, ignore_label):
@@ -181,7 +205,13 @@ def _normalised_class_weights(class_weights, num_classes):
 
 
 def categorical_dice_focal(
-    labels, probabilities, *, class_weights=None, ignore_label=255, focal_weight=1.0
+    labels,
+    probabilities,
+    *,
+    class_weights=None,
+    ignore_label=255,
+    focal_weight=1.0,
+    cross_entropy_weight=0.0,
 ):
     """Multi-class loss of each example: weighted soft Dice loss + categorical focal loss.
 
@@ -218,6 +248,8 @@ def categorical_dice_focal(
         their ratios matter.
       ignore_label: pixels with this label count nowhere; None ignores nothing.
       focal_weight: weight of the focal term; the Dice term has weight 1.
+      cross_entropy_weight: weight of a categorical cross-entropy term, -w log(p) of the
+        true class averaged over the non-ignored pixels (0: none).
 
     Returns:
       `[batch]` float32 loss; reduce it with `tf.nn.compute_average_loss` and the global
@@ -238,11 +270,23 @@ def categorical_dice_focal(
     focal = -truth * (_FOCAL_ALPHA * tf.pow(1.0 - p, _FOCAL_GAMMA) * tf.math.log(p)) * weights
     valid_pixels = tf.maximum(tf.reduce_sum(valid, axis=_PER_EXAMPLE_AXES), 1.0)
     focal = tf.reduce_sum(focal, axis=_PER_EXAMPLE_AXES) / (num_classes * valid_pixels)
-    return dice + focal_weight * focal
+    loss = dice + focal_weight * focal
+    if cross_entropy_weight:
+        cross_entropy = -truth * tf.math.log(p) * weights
+        cross_entropy = tf.reduce_sum(cross_entropy, axis=_PER_EXAMPLE_AXES) / valid_pixels
+        loss += cross_entropy_weight * cross_entropy
+    return loss
 
 
 def segmentation_loss(
-    labels, probabilities, *, num_classes, class_weights=None, ignore_label=255, focal_weight=1.0
+    labels,
+    probabilities,
+    *,
+    num_classes,
+    class_weights=None,
+    ignore_label=255,
+    focal_weight=1.0,
+    cross_entropy_weight=0.0,
 ):
     """The training loss per example for `num_classes` outputs.
 
@@ -257,6 +301,7 @@ def segmentation_loss(
       class_weights: multi-class only; see `categorical_dice_focal`.
       ignore_label: multi-class only; see `categorical_dice_focal`.
       focal_weight: weight of the focal term against the Dice term's 1 (the seed's 1).
+      cross_entropy_weight: weight of a cross-entropy term (the seed's 0: none).
 
     Returns:
       `[batch]` float32 loss; reduce it with `tf.nn.compute_average_loss`.
@@ -265,7 +310,12 @@ def segmentation_loss(
       ValueError: when `num_classes` is below 1 or is not the probabilities' last axis.
     """
     if num_classes == 1:
-        return dice_focal(labels, probabilities, focal_weight=focal_weight)
+        return dice_focal(
+            labels,
+            probabilities,
+            focal_weight=focal_weight,
+            cross_entropy_weight=cross_entropy_weight,
+        )
     channels = tf.convert_to_tensor(probabilities).shape[-1]
     if num_classes < 1 or channels != num_classes:
         raise ValueError(
@@ -278,4 +328,5 @@ def segmentation_loss(
         class_weights=class_weights,
         ignore_label=ignore_label,
         focal_weight=focal_weight,
+        cross_entropy_weight=cross_entropy_weight,
     )
