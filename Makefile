@@ -24,8 +24,10 @@ demo: install
 test: install lint
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
+# Two at a time too: most of a slow test is single-threaded (tracing, process
+# start-up, Python), so two share the cores better than one uses them.
 test-slow: install
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow -n 2 --dist loadfile --durations=15
 
 lint: install
 	$(VENV)/bin/ruff check .
