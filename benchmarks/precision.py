@@ -36,7 +36,14 @@ FLAGS = flags.FLAGS
 
 # Relative distance of a variant's final loss from float32's still called unbroken.
 _LOSS_TOLERANCE = 0.10
-_QUICK = {"num_batches": 2, "warmup_calls": 1, "calls": 1}
+# Two variants prove the script runs; XLA has its own test (tests/test_model.py).
+_QUICK = {
+    "num_batches": 2,
+    "warmup_calls": 1,
+    "calls": 1,
+    "precisions": ["float32", "mixed_bfloat16"],
+    "jit": ["false"],
+}
 _CHILD_FLAGS = ("num_batches", "warmup_calls", "calls")
 
 

@@ -130,7 +130,13 @@ def probe_gpus() -> list[str]:
 
 
 def run_child(
-    script: str, variant: str, args: dict, *, timeout_s: float | None = None, scratch: bool = False
+    script: str,
+    variant: str,
+    args: dict,
+    *,
+    timeout_s: float | None = None,
+    scratch: bool = False,
+    env: dict | None = None,
 ) -> dict:
     """Runs one variant in a fresh Python process and returns what it wrote.
 
@@ -139,6 +145,7 @@ def run_child(
         variant: passed as `--child`; the row's label.
         args: more flags, `{name: value}`; a ConfigDict is passed as JSON.
         timeout_s: the child is killed after this long.
+        env: environment variables to set in the child, on top of this process's.
         scratch: give the child a new empty folder in `--scratch` (under the
             data folder, on the data's disk), removed once it has exited:
             removing it in the child, whose pipelines still prefetch to the
@@ -166,7 +173,12 @@ def run_child(
         started = time.perf_counter()
         try:
             done = subprocess.run(
-                command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s
+                command,
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                env={**os.environ, **env} if env else None,
             )
         except subprocess.TimeoutExpired:
             print(f"  {variant}: killed after {timeout_s:.0f} s", flush=True)

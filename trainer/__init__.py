@@ -25,7 +25,7 @@ def _physical_memory_mb() -> int | None:
 
 # TensorFlow's default CPU allocator gives every large tensor back to the OS when
 # it is freed, so each training step page-faults its activations in afresh; its
-# BFC allocator keeps and reuses them. Measured: 1.40x the training images/s of
+# BFC allocator keeps and reuses them. Measured: 1.21x the training images/s of
 # configs/small_data_cpu.py on 2 cores of an AMD EPYC (Zen 3), same losses
 # (benchmarks/RESULTS.md). Its limit is capped at the machine's memory rather
 # than TensorFlow's fixed 64 GiB. TF_CPU_ALLOCATOR_USE_BFC=false turns it off.
