@@ -85,6 +85,19 @@ def test_skipping_examples_resumes_the_same_augmented_stream(frame):
         np.testing.assert_array_equal(expected, images.numpy())
 
 
+def test_vertical_flip_reaches_the_training_augmentations(frame):
+    # Every mask covers its top half; the seed's flips and rotations (up to 30 degrees)
+    # never fill the bottom row, an upside-down flip does.
+    def bottom_rows_filled(config):
+        dataset = pipeline.make_dataset(frame, config, training=True, seed=5).take(8)
+        return sum(
+            int(np.sum(masks[:, -1].numpy().mean(axis=(1, 2)) > 0.9)) for _, masks in dataset
+        )
+
+    assert bottom_rows_filled(_data_config()) == 0
+    assert bottom_rows_filled(_data_config(vertical_flip=True)) > 0
+
+
 def test_input_pipelines_read_disjoint_shards(frame):
     config = _data_config(augment=False, batch_size=12)
     seen = []

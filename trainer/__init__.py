@@ -30,5 +30,6 @@ def _physical_memory_mb() -> int | None:
 # (benchmarks/RESULTS.md). Its limit is capped at the machine's memory rather
 # than TensorFlow's fixed 64 GiB. TF_CPU_ALLOCATOR_USE_BFC=false turns it off.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
-if _physical_memory_mb():
-    os.environ.setdefault("TF_CPU_BFC_MEM_LIMIT_IN_MB", str(_physical_memory_mb()))
+_MEMORY_MB = _physical_memory_mb()
+if _MEMORY_MB:
+    os.environ.setdefault("TF_CPU_BFC_MEM_LIMIT_IN_MB", str(_MEMORY_MB))
