@@ -25,9 +25,10 @@ test: install lint
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # Two at a time too: most of a slow test is single-threaded (tracing, process
-# start-up, Python), so two share the cores better than one uses them.
+# start-up, Python), so two share the cores better than one uses them. The
+# longest files start first (tests/conftest.py: LONGEST_FILES_FIRST).
 test-slow: install
-	$(PY) -m pytest -q -m slow -n 2 --dist loadfile --durations=15
+	$(PY) -m pytest -q -m slow -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -11,11 +11,11 @@ operating system when it is freed) and one with it true, and reports
 images/s, the seconds spent in the kernel and the page faults per timed step
 (what a fresh mapping of every step's activations costs), and the final loss,
 which must agree: the allocator changes where tensors live, not the arithmetic.
+Both children run with oneDNN's kernels off (`TF_ENABLE_ONEDNN_OPTS=0`): with
+them on, TensorFlow uses oneDNN's own allocator in both.
 
 TensorFlow is imported in the children only.
 """
-
-import resource
 
 import trainer  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from trainer import cli
@@ -39,23 +39,12 @@ def run_child(variant: str) -> dict:
     """Trains the config's network under this process's allocator; times it and its kernel work."""
     from benchmarks import harness
 
-    config = measure.config_from_json(FLAGS.config_json)
-    trainee = harness.build_trainee(config, harness.one_device_strategy())
-    size = config.data.image_size
-    iterator = harness.in_memory_batches(trainee, size, num_batches=FLAGS.num_batches)
-    # The warm-up calls fall inside this window too; page faults per step are
-    # taken over all of its steps.
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    timing = harness.time_training(
-        trainee, iterator, config, warmup_calls=FLAGS.warmup_calls, timed_calls=FLAGS.calls
+    return harness.train_in_memory_with_kernel_work(
+        measure.config_from_json(FLAGS.config_json),
+        num_batches=FLAGS.num_batches,
+        warmup_calls=FLAGS.warmup_calls,
+        timed_calls=FLAGS.calls,
     )
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    steps = max(int(trainee.step.numpy()), 1)
-    return {
-        **timing,
-        "kernel_s": after.ru_stime - before.ru_stime,
-        "faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
-    }
 
 
 def run_parent() -> int:
@@ -68,8 +57,14 @@ def run_parent() -> int:
     }
     record = report.start("allocator", "TensorFlow's default CPU allocator vs BFC", settings)
     args = {"config_json": config, **{name: FLAGS[name].value for name in _CHILD_FLAGS}}
+    # oneDNN's kernels bring their own allocator, whatever TF_CPU_ALLOCATOR_USE_BFC says.
     rows = [
-        runner.run_child("allocator", name, args, env={"TF_CPU_ALLOCATOR_USE_BFC": value})
+        runner.run_child(
+            "allocator",
+            name,
+            args,
+            env={"TF_CPU_ALLOCATOR_USE_BFC": value, "TF_ENABLE_ONEDNN_OPTS": "0"},
+        )
         for name, value in _ALLOCATORS.items()
     ]
     default, bfc = rows

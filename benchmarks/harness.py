@@ -107,6 +107,39 @@ def time_training(
     }
 
 
+def train_in_memory_with_kernel_work(
+    config: ml_collections.ConfigDict, *, num_batches: int, warmup_calls: int, timed_calls: int
+) -> dict:
+    """Trains the config's network on in-memory batches; `time_training`'s figures and more.
+
+    For benchmarks that compare process-wide runtime settings (environment
+    variables read when TensorFlow starts), each variant in its own process.
+
+    Returns:
+        `time_training`'s dict plus `kernel_s` (CPU seconds in the kernel) and
+        `faults_per_step` (minor page faults), both over the warm-up and timed
+        calls, and `onednn` (whether TensorFlow runs oneDNN's CPU kernels).
+    """
+    import resource
+
+    from tensorflow.python.util import _pywrap_util_port
+
+    trainee = build_trainee(config, one_device_strategy())
+    iterator = in_memory_batches(trainee, config.data.image_size, num_batches=num_batches)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    timing = time_training(
+        trainee, iterator, config, warmup_calls=warmup_calls, timed_calls=timed_calls
+    )
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    steps = max(int(trainee.step.numpy()), 1)
+    return {
+        **timing,
+        "kernel_s": after.ru_stime - before.ru_stime,
+        "faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
+        "onednn": bool(_pywrap_util_port.IsMklEnabled()),
+    }
+
+
 def rendered_examples(num_examples: int, size_px: int, *, seed: int = 0):
     """Synthetic nail photos drawn at the model's size, in memory, groups in turn.
 

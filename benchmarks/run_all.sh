@@ -12,7 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
 failed=()
-for benchmark in input_pipeline input_bound replicas precision steps_per_execution records; do
+for benchmark in input_pipeline input_bound replicas precision allocator onednn steps_per_execution records; do
   echo
   "$python" -m "benchmarks.$benchmark" || failed+=("$benchmark")
 done

@@ -57,6 +57,7 @@ def results_snapshot() -> dict:
         ("replicas", ()),
         ("precision", ()),
         ("allocator", ()),
+        ("onednn", ()),
         ("steps_per_execution", ()),
         ("recipe", ()),  # without --data_root: a tiny synthetic train/ + valid/ set
         # gpu_seed needs a GPU; --allow_cpu runs the same script on the CPU.
