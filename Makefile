@@ -28,7 +28,7 @@ test: install lint
 # start-up, Python), so two share the cores better than one uses them. The
 # longest files start first (tests/conftest.py: LONGEST_FILES_FIRST).
 test-slow: install
-	$(PY) -m pytest -q -m slow -n 2 --dist loadfile --no-loadscope-reorder --durations=15
+	$(PY) -m pytest -q -m slow -n 2 --dist loadfile --no-loadscope-reorder --durations=30
 
 lint: install
 	$(VENV)/bin/ruff check .
