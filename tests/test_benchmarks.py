@@ -1,5 +1,8 @@
 """Every benchmark's `--quick` mode runs to the end, so that the benchmarks cannot rot (slow).
 
+All but `allocator`, which is `onednn` with other environment variables: the
+run of `onednn` covers the code they share (`benchmarks/environment.py`).
+
 Each benchmark runs in a subprocess, as a user runs it, with its results and
 synthetic photos in a temporary folder (`--results_dir`, `--data_dir`): the
 repository's `benchmarks/results/` and `benchmarks/.data/` are left alone. A
@@ -56,7 +59,7 @@ def results_snapshot() -> dict:
         ("input_bound", ()),
         ("replicas", ()),
         ("precision", ()),
-        ("allocator", ()),
+        # allocator.py is onednn.py with other variants (benchmarks/environment.py).
         ("onednn", ()),
         ("steps_per_execution", ()),
         ("recipe", ()),  # without --data_root: a tiny synthetic train/ + valid/ set

@@ -2,6 +2,10 @@
 
 synthetic --num_classes=3 -> prepare --check --num_classes=3 -> train
 configs/demo_multiclass_cpu.py -> evaluate -> predict -> export --format=tflite.
+
+It trains half the config's 600 steps (its cosine decay over 300), which is
+enough to show that both classes are learnt and costs CI half the minutes;
+the README's figures are those of the whole 600 steps.
 """
 
 import json
@@ -14,6 +18,7 @@ from PIL import Image
 pytestmark = pytest.mark.slow
 
 NAMES = ("background", "nail", "tip")
+STEPS = 300
 
 
 def test_multiclass_demo_learns_both_classes_and_every_tool_follows(tmp_path, run_module):
@@ -31,14 +36,17 @@ def test_multiclass_demo_learns_both_classes_and_every_tool_follows(tmp_path, ru
         "--config=configs/demo_multiclass_cpu.py",
         f"--data_root={data}",
         f"--workdir={workdir}",
+        f"--config.train.steps={STEPS}",
     )
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         valid = [json.loads(line) for line in f if '"valid"' in line]
-    assert valid[-1]["step"] == 600
+    assert valid[-1]["step"] == STEPS
     best = max(valid, key=lambda r: r["iou"])
-    # Measured at 96 px on 2 cores of an AMD EPYC Zen 3: mean IoU 0.743 (nail
-    # 0.792, tip 0.693) at step 600; 0.80 (0.84, 0.76) at 128 px on an Intel Xeon.
-    assert best["iou"] >= 0.7 and min(best["iou/nail"], best["iou/tip"]) >= 0.6, best
+    # Measured on 2 cores of an AMD EPYC Zen 3: mean IoU 0.573 (nail 0.639, tip
+    # 0.507) after 300 steps; 0.743 (0.792, 0.693) after the config's 600. The
+    # bars leave room for other CPUs' kernels, which sum in another order; a
+    # model that never predicts the tip gets 0 there.
+    assert best["iou"] >= 0.45 and min(best["iou/nail"], best["iou/tip"]) >= 0.35, best
 
     run("evaluate", f"--model={workdir}", f"--data_root={data}")
     with open(os.path.join(workdir, "eval", "summary.json")) as f:

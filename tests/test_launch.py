@@ -226,7 +226,8 @@ def test_sigterm_stops_all_workers_at_the_same_step_then_both_resume(
 ):
     """A preempted VM or evicted pod signals one worker; the others must not hang.
 
-    A deleted job signals every worker: they too stop at one step.
+    A deleted job signals every worker: they too stop at one step. Both
+    cases leave the same checkpoint; resuming from it is tested in the first.
 
     Multi-worker runs stop through TensorFlow's PreemptionCheckpointHandler
     (trainer/preemption.py), which owns SIGTERM off GCE: the signalled worker
@@ -277,6 +278,8 @@ def test_sigterm_stops_all_workers_at_the_same_step_then_both_resume(
     assert 0 < step < 400
     assert (workdir / "checkpoints" / f"ckpt-{step}.index").exists()
     print(f"both workers exited 143 at step {step}, {stop_s:.1f} s after SIGTERM")
+    if signalled != (1,):
+        return  # resuming after every worker stopped is the same as after one: tested once
 
     restarted = _start_workers([*args, f"--config.train.steps={step + 4}"], cluster(), logs)
     try:
