@@ -1,4 +1,4 @@
-"""A few minutes on 2 CPU cores: a small U-Net on the synthetic nail data set.
+"""Minutes on 2 CPU cores: a small U-Net on the synthetic nail data set.
 
     python -m trainer.synthetic --output_dir=data/synthetic
     python -m trainer.train --config=configs/demo_cpu.py --data_root=data/synthetic \
@@ -9,8 +9,9 @@ seed's augmentations), shrunk: ResNet-18 encoder from scratch, a narrower
 decoder, 96 px, float32 (CPUs gain nothing from float16). 96 px costs 0.56x
 the compute of 128 px, which CPUs without AVX-512 need (on 2 cores of an AMD
 EPYC Zen 3 the two demos side by side took 22.5 minutes at 96 px), for a
-lower validation IoU at step 600: 0.850 against 0.887 at 128 px (same machine
-kind not measured at 128 px; `--config.data.image_size=128` restores it).
+lower validation IoU at step 600: 0.850 against 0.887 at 128 px (on an AMD
+EPYC with AVX-512; not measured at 128 px on the Zen 3;
+`--config.data.image_size=128` restores it).
 """
 
 from configs import nail_unet_effb4
