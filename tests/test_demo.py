@@ -28,7 +28,7 @@ def test_demo_config_reaches_valid_iou_of_0_82(tmp_path):
         cwd=REPO,
         capture_output=True,
         text=True,
-        # About 12 minutes alone on 2 cores of an AMD EPYC Zen 3 (AVX2 only).
+        # 8.5 minutes alone on 2 cores of an AMD EPYC Zen 3 (AVX2 only), 15 in CI.
         timeout=3600,
     )
     assert process.returncode == 0, process.stderr[-3000:]
