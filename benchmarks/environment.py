@@ -74,6 +74,9 @@ def compare(
     ]
     agree = f"final losses within {loss_tolerance:.1%} of {baseline['variant']}'s"
     notes = [agree if same_loss else "final losses DIFFER: something is broken"]
+    asked = {env.get("TF_ENABLE_ONEDNN_OPTS") for env in variants.values()}
+    if len(asked) > 1 and len({row.get("onednn") for row in rows}) == 1:
+        notes.append("TF_ENABLE_ONEDNN_OPTS changed nothing on this CPU: the same kernels in each")
     ratios = {
         f"{row['variant']} / {baseline['variant']} images/s": row.get("speedup") for row in rows[1:]
     }

@@ -40,9 +40,9 @@ def _flag_value(value) -> str:
 
 # The slow files that take longest, longest first. `make test-slow` runs files
 # in this order (`--no-loadscope-reorder`; xdist would otherwise start the
-# files with the most tests first), so that the two demos (about 22 and 11
-# minutes side by side on 2 cores of an AMD EPYC Zen 3) start at once instead
-# of last, when one worker would run the final demo alone.
+# files with the most tests first), so that the two demos (15 and 11.5
+# minutes side by side in CI on 2 cores of an AMD EPYC Zen 3) start at once
+# instead of last, when one worker would run the final demo alone.
 LONGEST_FILES_FIRST = (
     "tests/test_demo.py",
     "tests/test_demo_multiclass.py",
