@@ -22,6 +22,16 @@ from absl import logging
 
 STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "tpu")
 
+# TensorFlow's coordination service declares a worker dead after 10 s without a
+# heartbeat, and then fails the whole job. A busy host (several workers sharing
+# a few cores, a long SavedModel export) can miss that though every worker is
+# alive, and a healthy job is lost. The same timeout is also how long the
+# others take to notice a worker that was killed or whose machine vanished
+# (measured: kill -9 of a local worker is noticed after this timeout, not
+# sooner); a minute is cheap against a training job. XLA's own distributed
+# client waits 100 s.
+HEARTBEAT_TIMEOUT_S = 60
+
 
 def configure_cpu_devices(num_cpu_devices: int) -> None:
     """Splits the host CPU into N logical devices; call before TensorFlow runs any op.
@@ -87,8 +97,34 @@ def make_strategy(name: str, *, tpu: str | None = None) -> tf.distribute.Strateg
         return tf.distribute.MirroredStrategy(devices)
     if name == "multi_worker_mirrored":
         _check_tf_config()
+        _configure_coordination_service()
         return tf.distribute.MultiWorkerMirroredStrategy()
     return _make_tpu_strategy(tpu)
+
+
+def _configure_coordination_service() -> None:
+    """Sets up the cluster's coordination service as the strategy would, with our heartbeat.
+
+    MultiWorkerMirroredStrategy configures the service itself only when nothing
+    has, with TensorFlow's 10 s heartbeat timeout; no public API changes that
+    timeout, hence the private calls (the same ones the strategy makes).
+    """
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.eager import context
+
+    cluster_spec = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
+    jobs = [
+        coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster_spec.num_tasks(job))
+        for job in ("chief", "worker")
+        if job in cluster_spec.jobs
+    ]
+    leader_job = "chief" if "chief" in cluster_spec.jobs else "worker"
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=f"/job:{leader_job}/replica:0/task:0",
+        coordinated_jobs=jobs,
+        heartbeat_timeout_in_ms=HEARTBEAT_TIMEOUT_S * 1000,
+    )
 
 
 def _make_tpu_strategy(tpu: str | None) -> tf.distribute.Strategy:
