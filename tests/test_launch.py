@@ -188,6 +188,7 @@ def test_two_local_workers_train_and_only_the_chief_writes(multi_worker_runs):
     assert config["run"]["num_replicas"] == 2 and config["run"]["per_replica_batch_size"] == 2
     assert [(r["step"], r["split"]) for r in first["records"]] == [(2, "train"), (2, "valid")]
     assert first["worker_tmp"] == []  # the non-chief's temporary directories are gone
+    assert "Traceback" not in first["stdout"], first["stdout"][-6000:]
     print(f"2 workers, 2 steps: {first['seconds']:.0f} s; workdir: {sorted(first['names'])}")
 
 
@@ -201,6 +202,7 @@ def test_two_local_workers_resume_from_the_chiefs_checkpoint(multi_worker_runs):
         assert any("Resumed from checkpoint at step 2" in x for x in lines), index
     assert [r["step"] for r in second["records"]] == [2, 2, 4, 4]
     assert second["names"] <= RUN_FILES and second["worker_tmp"] == []
+    assert "Traceback" not in second["stdout"], second["stdout"][-6000:]
 
 
 def _start_workers(args, configs, logs):
@@ -291,6 +293,9 @@ def test_sigterm_stops_all_workers_at_the_same_step_then_both_resume(
     assert codes == [0, 0], texts[0][-3000:] + texts[1][-3000:]
     for text in texts:
         assert f"Resumed from checkpoint at step {step}" in text, text[-3000:]
+        # The non-chief still exporting when the chief exits used to print TF's
+        # preemption watcher's traceback ("Socket closed", "cannot join current thread").
+        assert "Traceback" not in text, text[-3000:]
     assert "Training done" in texts[0]
 
 

@@ -68,6 +68,7 @@ def _run(state, step, watch, *, signal_at, signum=signal.SIGTERM, steps=10):
             os.kill(os.getpid(), signum)
         state.save()
         watch.after_step()
+    watch.end()
     state.save(force=True)
     return int(step.numpy())
 

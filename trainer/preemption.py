@@ -119,8 +119,8 @@ class Watch:
 
     Usage: `install()` after the state is restored; `should_stop()` before each
     train call (every worker, at the same point: it may be a collective);
-    `after_step()` after each periodic save; `stopped_by` once stopped;
-    `uninstall()` in `finally`.
+    `after_step()` after each periodic save; `end()` once the loop has ended;
+    `stopped_by` once stopped; `uninstall()` in `finally`.
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, state, *, mechanism: str | None = None):
@@ -226,13 +226,31 @@ class Watch:
             return PREEMPTION_NOTICE
         return OTHER_WORKER
 
+    def end(self) -> None:
+        """Stops the handler's watcher threads; call on every worker when the loop has ended.
+
+        One of them waits in the coordination service (on the chief) for a
+        peer's stop request until told to stop. Left waiting, it fails with a
+        traceback on the other workers when the chief exits, and the handler's
+        cleanup then runs in that thread ("cannot join current thread"). Here
+        every worker is still there, so it is told to stop the way TensorFlow's
+        own cleanup does (private methods: the handler has no public one).
+        """
+        if self._handler is None:
+            return
+        for stop in (
+            "_stop_cluster_wise_termination_watcher_thread",
+            "_stop_poll_termination_signal_thread",
+        ):
+            getattr(self._handler, stop, lambda: None)()
+
     def uninstall(self) -> None:
         """Restores the previous handlers and removes the handler's folder."""
         self._stop.uninstall()
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None
-        # Its watcher threads are daemons: they end with the process.
+        # Its watcher threads ended in `end` (or are daemons, after an error).
         self._handler = None
         if self._handler_dir is not None:
             shutil.rmtree(self._handler_dir, ignore_errors=True)

@@ -319,6 +319,7 @@ def train_and_evaluate(
                 )
             state.save()
             watch.after_step()
+        watch.end()
         state.save(force=True)
         bar.close()
 
