@@ -221,6 +221,21 @@ def _start_workers(args, configs, logs):
     return workers
 
 
+def _checkpoint_steps(workdir):
+    """Steps of the checkpoints saved so far (files checkpoints/ckpt-STEP.index)."""
+    indexes = (workdir / "checkpoints").glob("*.index")
+    return [int(index.name.split("-")[1].split(".")[0]) for index in indexes]
+
+
+def _wait_for_checkpoint(workdir, after_step, workers, logs):
+    """Waits up to 300 s for a checkpoint past `after_step`, every worker running meanwhile."""
+    deadline = time.monotonic() + 300
+    while max(_checkpoint_steps(workdir), default=0) <= after_step:
+        assert time.monotonic() < deadline, logs[0].read_text()[-3000:]
+        assert all(w.poll() is None for w in workers), logs[0].read_text()[-3000:]
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signalled", [(1,), (0, 1)], ids=["one_worker", "every_worker"])
 def test_sigterm_stops_all_workers_at_the_same_step_then_both_resume(
@@ -253,12 +268,7 @@ def test_sigterm_stops_all_workers_at_the_same_step_then_both_resume(
     logs = [tmp_path / f"worker{index}.log" for index in range(2)]
     workers = _start_workers([*args, "--config.train.steps=400"], cluster(), logs)
     try:
-        deadline = time.monotonic() + 300
-        # After the first checkpoint, while training.
-        while not list((workdir / "checkpoints").glob("*.index")):
-            assert time.monotonic() < deadline, logs[0].read_text()[-3000:]
-            assert all(w.poll() is None for w in workers), logs[0].read_text()[-3000:]
-            time.sleep(0.2)
+        _wait_for_checkpoint(workdir, 0, workers, logs)  # the first one, while training
         for index in signalled:
             workers[index].send_signal(signal.SIGTERM)
         sent = time.monotonic()
@@ -297,19 +307,6 @@ def test_sigterm_stops_all_workers_at_the_same_step_then_both_resume(
         # preemption watcher's traceback ("Socket closed", "cannot join current thread").
         assert "Traceback" not in text, text[-3000:]
     assert "Training done" in texts[0]
-
-
-def _checkpoint_steps(workdir):
-    """Steps of the checkpoints saved so far (files checkpoints/ckpt-STEP.index)."""
-    indexes = (workdir / "checkpoints").glob("*.index")
-    return [int(index.name.split("-")[1].split(".")[0]) for index in indexes]
-
-
-def _wait_for_checkpoint(workdir, after_step, workers, logs):
-    deadline = time.monotonic() + 300
-    while max(_checkpoint_steps(workdir), default=0) <= after_step:
-        assert time.monotonic() < deadline and workers[0].poll() is None, logs[0].read_text()
-        time.sleep(0.2)
 
 
 @pytest.mark.slow

@@ -110,6 +110,7 @@ def _configure_coordination_service() -> None:
     timeout, hence the private calls (the same ones the strategy makes).
     """
     from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
     from tensorflow.python.eager import context
 
     cluster_spec = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
@@ -118,10 +119,9 @@ def _configure_coordination_service() -> None:
         for job in ("chief", "worker")
         if job in cluster_spec.jobs
     ]
-    leader_job = "chief" if "chief" in cluster_spec.jobs else "worker"
     context.context().configure_coordination_service(
         service_type="standalone",
-        service_leader=f"/job:{leader_job}/replica:0/task:0",
+        service_leader=multi_worker_util.coordination_leader(cluster_spec),
         coordinated_jobs=jobs,
         heartbeat_timeout_in_ms=HEARTBEAT_TIMEOUT_S * 1000,
     )
