@@ -20,9 +20,10 @@ demo: install
 	test -d $(DATA)/Images || $(PY) -m trainer.synthetic --output_dir=$(DATA)
 	$(PY) -m trainer.train --config=configs/demo_cpu.py --data_root=$(DATA) --workdir=$(RUN)
 
-# Lint, then the fast tests, two processes at a time (the long ones: make test-slow).
+# Lint, then the fast tests, two processes at a time (the long ones: make test-slow),
+# files started in tests/conftest.py's order.
 test: install lint
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # Two at a time too: most of a slow test is single-threaded (tracing, process
 # start-up, Python), so two share the cores better than one uses them. The
