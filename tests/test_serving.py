@@ -108,7 +108,7 @@ def test_an_export_replaces_the_previous_one_and_a_failed_one_keeps_it(tmp_path,
     def full_disk(*args, **kwargs):
         raise tf.errors.ResourceExhaustedError(None, None, "variables; No space left on device")
 
-    monkeypatch.setattr(tf.keras.Model, "save", full_disk)
+    monkeypatch.setattr(tf.saved_model, "save", full_disk)
     with pytest.raises(UserError) as error:
         serving.export_saved_model(_small_network(), export)
     message = str(error.value)
