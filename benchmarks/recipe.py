@@ -105,6 +105,10 @@ VARIANTS = {
     # Batch 8 at about the minutes of 2400 steps of batch 16 (a step of 8 cost
     # 0.65x one of 16 in round 3; 0.71x in round 13): the same photos, twice the updates.
     "batch_8_3700": {"data.batch_size": 8, "train.steps": 3700},
+    # A lighter encoder in more steps: MobileNetV2 trained 1.35x the images/s of
+    # ResNet-18 at 160 px in float32 (AMD EPYC Zen 3, benchmarks.precision), so
+    # 675 of its steps take about the minutes of 500 of the base's.
+    "mobilenetv2_675": {"model.backbone": "mobilenetv2", "train.steps": 675},
 }
 _HOLDOUT_SEED = 20261130
 _QUICK = {"variants": ["base", "lr_3e-3"], "steps": 4, "holdout_fraction": 0.5}
