@@ -60,7 +60,8 @@ def pytest_collection_modifyitems(items):
     """Orders files as the Makefile's `--no-loadscope-reorder` runs start them.
 
     LONGEST_FILES_FIRST, then TRAINS_THE_SHARED_RUN, then the rest with the
-    most tests first (xdist's own order); tests keep their order in a file.
+    most collected tests first (as xdist orders files, though it counts only
+    the selected ones); tests keep their order in a file.
     """
     tests_per_file = collections.Counter(_file_of(item) for item in items)
 
