@@ -98,6 +98,15 @@ def test_an_export_holds_the_model_and_its_metadata(workdir):
     assert sorted(os.listdir(workdir)) == ["best", "config.json", "export"]  # no leftovers
 
 
+def test_a_loaded_export_is_callable_and_holds_the_networks_weights(network, saved_model):
+    images = tf.random.stateless_uniform([2, SIZE_PX, SIZE_PX, 3], seed=(1, 2))
+    np.testing.assert_allclose(saved_model(images), network(images), atol=1e-5)
+    assert len(saved_model.variables) == len(network.variables)
+    assert len(saved_model.trainable_variables) == len(network.trainable_variables)
+    weights = sum(v.shape.num_elements() for v in saved_model.variables)
+    assert weights == sum(v.shape.num_elements() for v in network.variables)
+
+
 def test_an_export_replaces_the_previous_one_and_a_failed_one_keeps_it(tmp_path, monkeypatch):
     export = str(tmp_path / "export")
     serving.export_saved_model(_small_network(), export)
