@@ -44,8 +44,8 @@ def _flag_value(value) -> str:
 # in CI on 2 cores of an AMD EPYC Zen 3) start at once instead of last, when
 # one worker would run the final demo alone.
 LONGEST_FILES_FIRST = (
-    "tests/test_demo.py",
     "tests/test_demo_multiclass.py",
+    "tests/test_demo.py",
     "tests/test_launch.py",
     "tests/test_benchmarks.py",
 )

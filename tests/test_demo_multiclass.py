@@ -10,6 +10,7 @@ the README's figures are those of the whole 600 steps.
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -54,12 +55,13 @@ def test_multiclass_demo_learns_both_classes_and_every_tool_follows(tmp_path, ru
     assert set(summary["per_class"]) == set(NAMES)
     assert summary["mean_iou"] == pytest.approx(best["iou"], abs=0.05)
 
-    photos = sorted(
-        os.path.join(data, "Images", "1", n) for n in os.listdir(os.path.join(data, "Images", "1"))
-    )[:2]
+    folder = tmp_path / "photos"  # two photos, predicted in one call
+    folder.mkdir()
+    for name in sorted(os.listdir(os.path.join(data, "Images", "1")))[:2]:
+        shutil.copy(os.path.join(data, "Images", "1", name), folder / name)
+    photos = sorted(str(path) for path in folder.iterdir())
     output = str(tmp_path / "predicted")
-    for photo in photos:
-        run("predict", f"--model={workdir}/export", f"--input={photo}", f"--output={output}")
+    run("predict", f"--model={workdir}/export", f"--input={folder}", f"--output={output}")
     for photo in photos:
         stem = os.path.splitext(os.path.basename(photo))[0]
         labels = np.asarray(Image.open(os.path.join(output, f"{stem}_mask.png")))
