@@ -42,7 +42,6 @@ def test_demo_config_learns_the_synthetic_set_in_half_its_steps(tmp_path):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         valid = [json.loads(line) for line in f if '"valid"' in line]
     assert valid[-1]["step"] == STEPS
-    print("valid IoU by step:", [(r["step"], round(r["iou"], 4)) for r in valid])
     # Measured on 2 cores of an AMD EPYC Zen 3: 0.190, 0.591, 0.709 at steps
     # 100, 200, 300 (0.850 after the config's 600). The bar leaves room for
     # other CPUs' kernels, which sum in another order.

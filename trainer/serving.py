@@ -115,7 +115,11 @@ def crop_probabilities(predict, image: tf.Tensor, size_px: int, crop_side_px: in
 
 def model_probabilities(model: tf.keras.Model, images: tf.Tensor) -> tf.Tensor:
     """uint8 images `[b, s, s, 3]` at the model's size -> float32 probabilities `[b, s, s, C]`."""
-    inputs = tf.cast(images, tf.float32) / 255.0
+    return network_probabilities(model, tf.cast(images, tf.float32) / 255.0)
+
+
+def network_probabilities(model: tf.keras.Model, inputs: tf.Tensor) -> tf.Tensor:
+    """float images `[b, s, s, 3]` in 0..1 -> float32 probabilities `[b, s, s, C]`."""
     # A mixed-precision model computes in float16; clients get float32.
     return tf.cast(model(inputs, training=False), tf.float32)
 
@@ -136,7 +140,7 @@ def saved_object(model: tf.keras.Model) -> tf.__internal__.tracking.AutoTrackabl
     saved.variables = list(model.variables)
     saved.trainable_variables = list(model.trainable_variables)
     saved.__call__ = tf.function(
-        lambda images: tf.cast(model(images, training=False), tf.float32),
+        lambda images: network_probabilities(model, images),
         input_signature=[tf.TensorSpec([None, size_px, size_px, 3], tf.float32, name="images")],
     )
     return saved
