@@ -29,6 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.balanced = False  # True: sample the groups (sub-folders) evenly.
     config.data.augment = True  # the seed's albumentations transforms when training.
     config.data.vertical_flip = False  # also flip upside down (photos without an up).
+    # How far the augmentations go: 1 = the seed's ranges, 0.5 = half its zoom, rotation,
+    # noise, blur and colour changes (each still fires as often), up to 2.
+    config.data.augment_strength = 1.0
     config.data.valid_fraction = 0.2  # held out per group when there is no valid/ folder.
     config.data.num_parallel_calls = 0  # decode/augment threads per pipeline; 0 = derived.
     config.data.prefetch_batches = 0  # batches buffered per pipeline; 0 = derived.
@@ -56,6 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.decoder_filters = (256, 128, 64, 32, 16)
     # Synchronised batch norm across replicas; None = on when there is more than one replica.
     config.model.sync_batchnorm = config_dict.placeholder(bool)
+    # Momentum of every batch norm's moving statistics; 0 = the backbone's own (0.99 for
+    # ResNets, 0.999 for MobileNets and EfficientNets: too slow for short runs from scratch).
+    config.model.batchnorm_momentum = 0.0
 
     config.train = ml_collections.ConfigDict()
     config.train.epochs = 100  # used when steps == 0.

@@ -59,6 +59,22 @@ def test_vertical_flip_is_off_by_default_and_turns_masks_upside_down_when_asked(
     assert _upside_down_masks(augment.SeededAugmenter(vertical_flip=True), mask) >= 10
 
 
+def _area_ratios(augmenter, seeds=range(80)):
+    """Mask area after / before for a centred square that no zoom or rotation clips."""
+    mask = np.zeros((96, 96, 1), np.uint8)
+    mask[38:58, 38:58] = 1
+    image = np.zeros((96, 96, 3), np.uint8)
+    return [float(augmenter(image, mask, np.int64(seed))[1].sum()) / mask.sum() for seed in seeds]
+
+
+def test_augment_strength_narrows_the_zoom():
+    # Zoom 0.8-1.2 at strength 1 (areas 0.64-1.44), 0.9-1.1 at 0.5 (0.81-1.21).
+    seeds_ratios = _area_ratios(augment.SeededAugmenter())
+    half_ratios = _area_ratios(augment.SeededAugmenter(strength=0.5))
+    assert min(half_ratios) > 0.76 and max(half_ratios) < 1.26  # slack: nearest-pixel edges
+    assert min(seeds_ratios) < 0.76 or max(seeds_ratios) > 1.26
+
+
 def test_transforms_are_built_once_per_parallel_call_not_per_example(monkeypatch):
     """tf.numpy_function gives each call a fresh Python thread state (thread-locals empty)."""
     builds = []

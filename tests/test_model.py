@@ -55,6 +55,20 @@ def test_synchronized_batchnorm_clone_keeps_weights_and_outputs(unet):
     np.testing.assert_allclose(unet(images), clone(images), atol=1e-5)
 
 
+def _batchnorm_momenta(model):
+    batchnorm = tf.keras.layers.BatchNormalization
+    return {layer.momentum for layer in model.layers if isinstance(layer, batchnorm)}
+
+
+def test_batchnorm_momentum_replaces_the_backbones_own(unet):
+    assert _batchnorm_momenta(unet) == {0.99}  # ResNet-18's own, kept by default
+    # Keras's MobileNetV2 has 0.999 in its own batch norms.
+    model = model_lib.build_model(
+        _model_config(backbone="mobilenetv2", batchnorm_momentum=0.9), image_size=32
+    )
+    assert _batchnorm_momenta(model) == {0.9}
+
+
 def test_sync_batchnorm_defaults_to_on_with_several_replicas():
     model = model_lib.build_model(
         _model_config(backbone="mobilenetv2"), image_size=64, num_replicas=2

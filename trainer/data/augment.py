@@ -21,12 +21,15 @@ import numpy as np
 _NOISE_STD_RANGE = (0.0, float(np.sqrt(50.0)) / 255.0)
 
 
-def make_train_transform(vertical_flip: bool = False) -> A.Compose:
+def make_train_transform(vertical_flip: bool = False, strength: float = 1.0) -> A.Compose:
     """Returns the seed's training transforms (without its final Resize).
 
     Args:
         vertical_flip: also flip upside down half the time (`data.vertical_flip`), for
             photos without an up, such as endoscopy, microscopy or aerial views.
+        strength: `data.augment_strength`, how far each transform goes: 1 is the
+            seed's ranges; 0.5 halves the zoom, rotation, noise, blur and colour
+            ranges. Each transform still fires as often as in the seed.
 
     Returns:
         An `albumentations.Compose` taking `image` uint8 `[h, w, 3]` and `mask`
@@ -35,32 +38,47 @@ def make_train_transform(vertical_flip: bool = False) -> A.Compose:
     flips = [A.HorizontalFlip(p=0.5)]
     if vertical_flip:
         flips.append(A.VerticalFlip(p=0.5))
+    noise_low, noise_high = _NOISE_STD_RANGE
     return A.Compose(
         [
             *flips,
             # ShiftScaleRotate(shift 0, scale 0.2, rotate 30, black border) in 1.x.
             A.Affine(
-                scale=(0.8, 1.2),
-                rotate=(-30, 30),
+                scale=(1 - 0.2 * strength, 1 + 0.2 * strength),
+                rotate=(-30 * strength, 30 * strength),
                 border_mode=cv2.BORDER_CONSTANT,
                 fill=0,
                 fill_mask=0,
                 p=0.5,
             ),
-            A.GaussNoise(std_range=_NOISE_STD_RANGE, p=0.4),
-            A.GaussianBlur(blur_limit=(3, 7), p=0.4),
+            A.GaussNoise(std_range=(noise_low * strength, noise_high * strength), p=0.4),
+            A.GaussianBlur(
+                blur_limit=(3, _odd_kernel(7 * strength)),
+                sigma_limit=(0.5, max(0.5, 3.0 * strength)),  # 2.x's default at strength 1
+                p=0.4,
+            ),
             A.OneOf(
                 [
                     A.HueSaturationValue(
-                        hue_shift_limit=10, sat_shift_limit=15, val_shift_limit=15, p=1.0
+                        hue_shift_limit=10 * strength,
+                        sat_shift_limit=15 * strength,
+                        val_shift_limit=15 * strength,
+                        p=1.0,
                     ),
-                    A.CLAHE(clip_limit=2, p=1.0),
-                    A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.3, p=1.0),
+                    A.CLAHE(clip_limit=(1, 1 + strength), p=1.0),
+                    A.RandomBrightnessContrast(
+                        brightness_limit=0.15 * strength, contrast_limit=0.3 * strength, p=1.0
+                    ),
                 ],
                 p=0.3,
             ),
         ]
     )
+
+
+def _odd_kernel(size: float) -> int:
+    """The nearest odd kernel size of at least 3 px."""
+    return max(3, 2 * round((size - 1) / 2) + 1)
 
 
 def _seed_tree(transform, seed_sequence: np.random.SeedSequence) -> None:
@@ -91,9 +109,10 @@ class SeededAugmenter:
     so a Compose would be built for every example: 0.7 ms each.)
     """
 
-    def __init__(self, vertical_flip: bool = False):
+    def __init__(self, vertical_flip: bool = False, strength: float = 1.0):
         self._idle = queue.SimpleQueue()
         self._vertical_flip = vertical_flip
+        self._strength = strength
 
     def _borrow(self) -> A.Compose:
         try:
@@ -101,7 +120,7 @@ class SeededAugmenter:
         except queue.Empty:
             # tf.data already runs one call per core; OpenCV's own threads would oversubscribe.
             cv2.setNumThreads(1)
-            return make_train_transform(self._vertical_flip)
+            return make_train_transform(self._vertical_flip, self._strength)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, seed: np.int64):
         """Augments one example.

@@ -141,7 +141,11 @@ def make_dataset(
         if cropping:
             ds = ds.map(_random_crop_fn(size_px), num_parallel_calls=num_parallel_calls)
         if data_config.augment:
-            augment_example = _augment_fn(size_px, data_config.get("vertical_flip", False))
+            augment_example = _augment_fn(
+                size_px,
+                vertical_flip=data_config.get("vertical_flip", False),
+                strength=data_config.get("augment_strength", 1.0),
+            )
             ds = ds.map(augment_example, num_parallel_calls=num_parallel_calls)
         else:
             ds = ds.map(lambda image, mask, _: (image, mask))
@@ -300,9 +304,9 @@ def _to_model_inputs_keeping_weight(image, mask, *weight):
     return (*decode.to_model_inputs(image, mask), *weight)
 
 
-def _augment_fn(size_px: int, vertical_flip: bool):
+def _augment_fn(size_px: int, *, vertical_flip: bool, strength: float):
     """Wraps the albumentations transforms as a tf.data map function."""
-    augmenter = augment.SeededAugmenter(vertical_flip)
+    augmenter = augment.SeededAugmenter(vertical_flip, strength)
 
     def augment_example(image, mask, example_seed):
         image, mask = tf.numpy_function(
