@@ -148,6 +148,9 @@ def make_train_fn(
         tp, fp, fn = (tf.reduce_sum(c, axis=0) for c in task.confusion(masks, probabilities))
         return loss, bad_anywhere, tp, fp, fn
 
+    # Graph-style code (no Python control flow on tensors): autograph would only
+    # spend seconds of every run rewriting it and every Keras layer it calls.
+    replica_step = tf.autograph.experimental.do_not_convert(replica_step)
     if jit_compile:
         replica_step = tf.function(replica_step, jit_compile=True)
 
@@ -209,7 +212,7 @@ def make_eval_fn(
         )
         return loss_sum, count, tp, fp, fn
 
-    @tf.function
+    @tf.function(autograph=False)  # graph-style code, see make_train_fn
     def eval_fn(batch):
         sums = strategy.run(replica_eval, args=batch)
         return [strategy.reduce(_SUM, s, axis=None) for s in sums]

@@ -141,6 +141,7 @@ def saved_object(model: tf.keras.Model) -> tf.__internal__.tracking.AutoTrackabl
     saved.trainable_variables = list(model.trainable_variables)
     saved.__call__ = tf.function(
         lambda images: network_probabilities(model, images),
+        autograph=False,
         input_signature=[tf.TensorSpec([None, size_px, size_px, 3], tf.float32, name="images")],
     )
     return saved
@@ -221,7 +222,11 @@ def make_signatures(
 
     probabilities_spec = tf.TensorSpec([None, None, channels], tf.float32)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    images_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
+    bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
+
+    # The serving functions are graph-style code: no autograph rewriting at export.
+    @tf.function(input_signature=[images_spec], autograph=False)
     def serve_images(images):
         shape = tf.shape(images)
         if resize == "crop":
@@ -304,18 +309,18 @@ def make_signatures(
             return {decision: restored, **outputs}
         return {"probabilities": restored[0], decision: restored[1], **outputs}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    @tf.function(input_signature=[bytes_spec], autograph=False)
     def serve_encoded(image_bytes):
         return encoded_outputs(image_bytes)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    @tf.function(input_signature=[bytes_spec], autograph=False)
     def serve_labels(image_bytes):
         # No probabilities to resize, pad and send: the labels are 1 byte a pixel.
         return encoded_outputs(image_bytes, with_probabilities=False)
 
     square_spec = tf.TensorSpec([None, size_px, size_px, 3], tf.uint8, name="images")
 
-    @tf.function(input_signature=[square_spec])
+    @tf.function(input_signature=[square_spec], autograph=False)
     def serve_squares(images):
         return {"probabilities": predict(images)}
 

@@ -369,6 +369,7 @@ def _stamp(path: str) -> str:
     return f"{stat.length}:{stat.mtime_nsec}"
 
 
+@tf.autograph.experimental.do_not_convert  # graph-style map functions: see pipeline.make_dataset
 def _write_decoded(pairs, read, paths, size_px, how, num_parallel_calls) -> set[int]:
     """Decodes pairs in parallel and writes each to its path; returns the indices written.
 

@@ -40,7 +40,8 @@ _MAX_DCT_HALVINGS = 3
 
 # A graph, also when called eagerly: the data check decodes in threads, and an
 # eager while_loop of small ops run from several threads crashed TensorFlow.
-@tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+# Graph-style code: traced without autograph's rewriting.
+@tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
 def exif_orientation(encoded: tf.Tensor) -> tf.Tensor:
     """The EXIF orientation (1-8) of an encoded image, as an int32 scalar.
 

@@ -70,6 +70,10 @@ def _index_stream(frame: pd.DataFrame, *, balanced: bool, seed: int) -> tf.data.
     return tf.data.Dataset.sample_from_datasets(streams, seed=seed)
 
 
+# Every map function of the pipeline is graph-style code (tf.cond, tf.switch_case,
+# no Python control flow on tensors). Built under `do_not_convert`, tf.data traces
+# them without autograph, which would spend seconds of every run rewriting them.
+@tf.autograph.experimental.do_not_convert
 def make_dataset(
     frame: pd.DataFrame | records.Split,
     data_config: ml_collections.ConfigDict,
