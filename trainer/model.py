@@ -89,7 +89,7 @@ def build_model(
     sync = model_config.sync_batchnorm
     if sync is None:
         sync = num_replicas > 1
-    momentum = model_config.get("batchnorm_momentum", 0.0) or None
+    momentum = model_config.get("batchnorm_momentum", 0.0)
     return rebuild_layers(model, sync_batchnorm=sync, batchnorm_momentum=momentum)
 
 
@@ -167,7 +167,7 @@ class RepeatUpsampling2D(tf.keras.layers.Layer):
 
 
 def rebuild_layers(
-    model: tf.keras.Model, *, sync_batchnorm: bool, batchnorm_momentum: float | None = None
+    model: tf.keras.Model, *, sync_batchnorm: bool, batchnorm_momentum: float = 0.0
 ) -> tf.keras.Model:
     """Clones `model`, keeping its weights, with layers fit for distributed XLA training.
 
@@ -175,7 +175,7 @@ def rebuild_layers(
     gradient). With `sync_batchnorm`, every BatchNormalization is synchronised
     across replicas: per-replica batch statistics make a step on N replicas
     differ from the same step on one, and small per-replica batches hurt accuracy.
-    With `batchnorm_momentum` (`model.batchnorm_momentum`), every
+    With a `batchnorm_momentum` above 0 (`model.batchnorm_momentum`), every
     BatchNormalization's moving statistics use it instead of the backbone's own
     (Keras's MobileNetV2 and EfficientNets use 0.999, which after a short run
     from scratch leaves the statistics that validation uses half-way from their

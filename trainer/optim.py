@@ -132,6 +132,7 @@ class RectifiedAdam(tf.keras.optimizers.Optimizer):
         self.total_steps = int(total_steps)
         self.warmup_proportion = warmup_proportion
         self.min_lr = min_lr
+        self._step_coefficients = None  # set for the length of one update of all variables
 
     def build(self, var_list):
         """Creates the slot variables `m`, `v` and, with `amsgrad`, `vhat`.
@@ -215,8 +216,7 @@ class RectifiedAdam(tf.keras.optimizers.Optimizer):
         index = self._index_dict[self._var_key(variable)]
         m = self._momentums[index]
         v = self._velocities[index]
-        coefficients = getattr(self, "_step_coefficients", None) or self._coefficients()
-        lr, m_scale, v_scale, rect, use_rect = coefficients
+        lr, m_scale, v_scale, rect, use_rect = self._step_coefficients or self._coefficients()
         beta_1 = tf.cast(self.beta_1, dtype)
         beta_2 = tf.cast(self.beta_2, dtype)
 
